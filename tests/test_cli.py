@@ -1,0 +1,163 @@
+"""The `cryoseg` command line: help on every command, one-line errors with exit code 2, no overwrite
+without --force, deterministic sharding, and a tiny end-to-end run (`cryoseg demo --quick`)."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cryoseg.cli import main, shard_items, parse_shard, write_config, config_name
+
+COMMANDS = [["simulate"], ["label"], ["label", "synthetic"], ["label", "cryoppp"], ["label", "reproject"],
+            ["train"], ["predict"], ["pick"], ["evaluate"], ["demo"]]
+
+
+def run(capsys, *argv):
+    "main(argv) → (exit code, stdout, stderr); argparse's SystemExit is turned into its code."
+    try:
+        rc = main([str(a) for a in argv])
+    except SystemExit as e:
+        rc = e.code
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def assert_one_line_error(rc, err, *contains):
+    assert rc == 2, (rc, err)
+    lines = [l for l in err.splitlines() if l.strip()]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("cryoseg ") and "error:" in lines[0], lines[0]
+    assert "Traceback" not in err
+    for c in contains:
+        assert c in lines[0], (c, lines[0])
+
+
+# --- help ------------------------------------------------------------------------------------------
+
+def test_top_level_help(capsys):
+    rc, out, _ = run(capsys, "--help")
+    assert rc == 0
+    for cmd in ("simulate", "label", "train", "predict", "pick", "evaluate", "demo"):
+        assert cmd in out
+
+
+@pytest.mark.parametrize("cmd", COMMANDS, ids=[" ".join(c) for c in COMMANDS])
+def test_every_command_has_help(capsys, cmd):
+    rc, out, _ = run(capsys, *cmd, "--help")
+    assert rc == 0
+    assert out.startswith("usage: cryoseg " + " ".join(cmd))
+
+
+def test_version(capsys):
+    import cryoseg
+    rc, out, _ = run(capsys, "--version")
+    assert rc == 0 and cryoseg.__version__ in out
+
+
+def test_python_dash_m():
+    "`python -m cryoseg.cli` is the entry point torchrun needs."
+    r = subprocess.run([sys.executable, "-m", "cryoseg.cli", "predict", "--help"], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "--shard" in r.stdout and "--crf" in r.stdout
+
+
+def test_missing_command_is_usage_error(capsys):
+    rc, _, err = run(capsys)
+    assert rc == 2 and "usage:" in err
+
+
+# --- one-line errors ---------------------------------------------------------------------------------
+
+def test_missing_input_folder(capsys, tmp_path):
+    rc, _, err = run(capsys, "predict", "--model", tmp_path / "m.pt", "--data", tmp_path / "nowhere", "--out", tmp_path / "o")
+    assert_one_line_error(rc, err, "nowhere", "no such file")
+
+
+def test_empty_input_folder(capsys, tmp_path):
+    (tmp_path / "empty").mkdir()
+    rc, _, err = run(capsys, "pick", "--probs", tmp_path / "empty", "--out", tmp_path / "o", "--diameter-px", 20)
+    assert_one_line_error(rc, err, "no micrographs")
+
+
+def test_missing_checkpoint(capsys, tmp_path):
+    (tmp_path / "mics").mkdir()
+    (tmp_path / "mics" / "a.mrc").write_bytes(b"")
+    rc, _, err = run(capsys, "predict", "--model", tmp_path / "m.pt", "--data", tmp_path / "mics", "--out", tmp_path / "o")
+    assert_one_line_error(rc, err, "m.pt", "checkpoint not found")
+
+
+@pytest.mark.parametrize("shard", ["2/2", "-1/3", "1", "a/b", "0/0"])
+def test_bad_shard(capsys, tmp_path, shard):
+    rc, _, err = run(capsys, "pick", "--probs", tmp_path, "--out", tmp_path / "o", "--diameter-px", 20, f"--shard={shard}")
+    assert_one_line_error(rc, err, "--shard")
+
+
+def test_bad_diameter(capsys, tmp_path):
+    rc, _, err = run(capsys, "pick", "--probs", tmp_path, "--out", tmp_path / "o", "--diameter-px", -3)
+    assert_one_line_error(rc, err, "--diameter-px must be > 0")
+
+
+def test_bad_format(capsys, tmp_path):
+    rc, _, err = run(capsys, "pick", "--probs", tmp_path, "--out", tmp_path / "o", "--diameter-px", 20, "--formats", "star,pdf")
+    assert_one_line_error(rc, err, "--formats")
+
+
+def test_bad_set_syntax(capsys, tmp_path):
+    rc, _, err = run(capsys, "simulate", "--out", tmp_path / "s", "--set", "snr")
+    assert_one_line_error(rc, err, "field=value")
+
+
+def test_unknown_config_field(capsys, tmp_path):
+    pytest.importorskip("cryoseg.simulate")
+    rc, _, err = run(capsys, "simulate", "--out", tmp_path / "s", "--set", "no_such_field=3")
+    assert_one_line_error(rc, err, "unknown SimConfig field", "no_such_field")
+
+
+def test_bad_config_file(capsys, tmp_path):
+    pytest.importorskip("cryoseg.simulate")
+    (tmp_path / "c.json").write_text("{not json")
+    rc, _, err = run(capsys, "simulate", "--out", tmp_path / "s", "--config", tmp_path / "c.json")
+    assert_one_line_error(rc, err, "c.json", "not valid JSON")
+
+
+def test_evaluate_missing_truth(capsys, tmp_path):
+    (tmp_path / "picks").mkdir()
+    rc, _, err = run(capsys, "evaluate", "--picks", tmp_path / "picks", "--truth", tmp_path / "nope", "--diameter-px", 20)
+    assert_one_line_error(rc, err, "nope")
+
+
+def test_debug_shows_traceback(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        main(["pick", "--probs", str(tmp_path / "nope"), "--out", str(tmp_path / "o"), "--diameter-px", "20", "--debug"])
+
+
+def test_argparse_errors_exit_2(capsys):
+    rc, _, err = run(capsys, "predict", "--crf", "quantum", "--model", "m", "--data", "d", "--out", "o")
+    assert rc == 2 and "invalid choice" in err
+
+
+# --- sharding and configs ----------------------------------------------------------------------------
+
+def test_shards_partition_the_micrographs():
+    names = [f"mic_{i:05d}.mrc" for i in range(1000)]
+    n = 7
+    parts = [shard_items(names, f"{i}/{n}") for i in range(n)]
+    assert sorted(sum(parts, [])) == sorted(names)
+    assert len(set(sum(parts, []))) == len(names)
+    assert max(map(len, parts)) - min(map(len, parts)) < 60          # balanced within noise
+    assert shard_items(list(reversed(names)), f"3/{n}") == parts[3]  # independent of listing order
+    assert shard_items(names[:10], f"3/{n}") == [p for p in parts[3] if p in names[:10]]  # and of other files
+    assert parse_shard("0/1") == (0, 1)
+
+
+def test_config_not_overwritten_without_force(tmp_path):
+    p = write_config(tmp_path, "pick", dict(a=1))
+    assert p.name == config_name("pick") == "cryoseg-pick.json"
+    with pytest.raises(FileExistsError, match="--force"):
+        write_config(tmp_path, "pick", dict(a=2))
+    write_config(tmp_path, "pick", dict(a=2), force=True)
+    doc = json.loads(p.read_text())
+    assert doc["config"] == dict(a=2) and doc["command"] == "pick" and "machine" in doc
