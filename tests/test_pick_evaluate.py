@@ -55,3 +55,98 @@ def test_micro_vs_macro():
     assert mi["recall"] == pytest.approx(8 / 9)
     assert ma["recall"] == pytest.approx(0.5)
     assert mi["tp"] == ma["tp"] == 8 and mi["average"] == "micro"
+
+
+# ---------------------------------------------------------------- matching and picking metrics
+import pandas as pd
+from cryoseg.evaluate import match_picks, match_boxes, picking_metrics, picking_table, pr_curve, average_precision
+
+
+def test_match_never_reuses_a_truth():
+    # five picks crowded around one particle: exactly one match
+    truth = np.array([[50.0, 50.0]])
+    picks = np.array([[50.0, 50.0], [51, 50], [49, 50], [50, 51], [50, 49]])
+    pi, ti, d = match_picks(picks, truth, 5)
+    assert len(pi) == 1 and ti.tolist() == [0] and pi.tolist() == [0] and d[0] == 0
+
+
+def test_match_maximises_pairs_not_greedy():
+    # greedy nearest-first would pair pick 0 with truth 0 and leave truth 1 unmatched
+    truth = np.array([[0.0, 0.0], [4.0, 0.0]])
+    picks = np.array([[2.0, 0.0], [-1.5, 0.0]])
+    pi, ti, _ = match_picks(picks, truth, 2.5)
+    assert sorted(zip(pi.tolist(), ti.tolist())) == [(0, 1), (1, 0)]
+
+
+def test_match_random_invariants():
+    rng = np.random.default_rng(1)
+    for _ in range(20):
+        p, t = rng.uniform(0, 100, (30, 2)), rng.uniform(0, 100, (25, 2))
+        pi, ti, d = match_picks(p, t, 8)
+        assert len(set(pi)) == len(pi) and len(set(ti)) == len(ti)
+        assert np.all(d <= 8)
+        np.testing.assert_allclose(d, np.hypot(*(p[pi] - t[ti]).T))
+        # the restricted assignment equals a dense Hungarian with the same rule
+        from scipy.optimize import linear_sum_assignment
+        D = np.hypot(*(p[:, None] - t[None]).transpose(2, 0, 1))
+        big = 1e6
+        r, c = linear_sum_assignment(np.where(D <= 8, D, big))
+        assert len(pi) == int((D[r, c] <= 8).sum())
+
+
+def test_box_rule_threshold():
+    assert len(match_boxes([[0, 0]], [[10 / 3 - 0.01, 0]], 10)[0]) == 1
+    assert len(match_boxes([[0, 0]], [[10 / 3 + 0.01, 0]], 10)[0]) == 0
+
+
+def _tables():
+    truth = pd.DataFrame(dict(micrograph=["m1"] * 2 + ["m2"], x=[10.0, 40, 20], y=[10.0, 10, 20]))
+    picks = pd.DataFrame(dict(micrograph=["m1", "m1", "m2"], x=[11.0, 70, 20], y=[10.0, 70, 22],
+                              score=[0.9, 0.5, 0.8]))
+    return picks, truth
+
+
+def test_picking_metrics_hand_example():
+    picks, truth = _tables()
+    m = picking_metrics(picks, truth, diameter_px=10, pixel_size_a=1.5)
+    assert (m["n_picks"], m["n_true"], m["n_matched"]) == (3, 3, 2)
+    assert m["precision"] == pytest.approx(2 / 3) and m["recall"] == pytest.approx(2 / 3)
+    assert m["mean_error_px"] == pytest.approx(1.5) and m["mean_error_a"] == pytest.approx(2.25)
+    t = picking_table(picks, truth, 10)
+    assert t["micrograph"].tolist() == ["m1", "m2", "all"]
+    assert t["n_matched"].tolist() == [1, 1, 2]
+
+
+def test_picking_zero_divisions():
+    picks, truth = _tables()
+    empty = picks.iloc[:0]
+    m = picking_metrics(empty, truth, 10)
+    assert (m["precision"], m["recall"], m["f1"]) == (0.0, 0.0, 0.0) and np.isnan(m["mean_error_px"])
+    m = picking_metrics(empty, truth.iloc[:0], 10)
+    assert (m["precision"], m["recall"], m["f1"]) == (1.0, 1.0, 1.0)
+    # picks on a micrograph declared to have no particles: all false
+    m = picking_metrics(picks, truth, 10, micrographs=["m1", "m2", "m3"])
+    assert m["n_micrographs"] == 3
+    extra = pd.concat([picks, pd.DataFrame(dict(micrograph=["m3"], x=[1.0], y=[1.0], score=[0.1]))])
+    m = picking_metrics(extra, truth, 10, micrographs=["m1", "m2", "m3"])
+    assert m["n_picks"] == 4 and m["n_matched"] == 2
+
+
+def test_picking_mismatched_names():
+    picks, truth = _tables()
+    with pytest.raises(ValueError, match="no ground truth"):
+        picking_metrics(picks.assign(micrograph="other"), truth, 10)
+    # names compared by stem: folders and extensions do not matter
+    m = picking_metrics(picks.assign(micrograph=picks.micrograph.map(lambda s: f"/data/{s}.mrc")), truth, 10)
+    assert m["n_matched"] == 2
+
+
+def test_pr_and_ap():
+    picks, truth = _tables()
+    c = pr_curve(picks, truth, 10)
+    assert c["threshold"].tolist() == [0.9, 0.8, 0.5]
+    assert c["recall"].is_monotonic_increasing
+    # steps: recall 1/3 @ 1, 2/3 @ 1, then a false pick
+    assert average_precision(c) == pytest.approx(2 / 3)
+    with pytest.raises(ValueError, match="score"):
+        pr_curve(picks.drop(columns="score"), truth, 10)
