@@ -161,3 +161,85 @@ def test_config_not_overwritten_without_force(tmp_path):
     write_config(tmp_path, "pick", dict(a=2), force=True)
     doc = json.loads(p.read_text())
     assert doc["config"] == dict(a=2) and doc["command"] == "pick" and "machine" in doc
+
+
+# --- pick and evaluate on known probability maps ---------------------------------------------------
+
+def _prob_maps(root, n=4, size=96, diameter=12, seed=0):
+    "Probability maps = disc labels at random, well separated centres; the true coordinates as STAR files."
+    import numpy as np
+    from cryoseg.io import make_particles, write_micrograph, write_particles
+    from cryoseg.labels import disc_labels
+    rng = np.random.default_rng(seed)
+    for k in range(n):
+        xy = []
+        while len(xy) < 5:
+            c = rng.uniform(diameter, size - diameter, 2)
+            if all(np.hypot(*(c - q)) > 2 * diameter for q in xy):
+                xy.append(c)
+        xy = np.array(xy)
+        t = make_particles(xy[:, 0], xy[:, 1], micrograph=f"mic_{k:04d}.mrc", diameter_px=diameter)
+        sem, _ = disc_labels((size, size), t, diameter_px=diameter)
+        write_micrograph(root / "probs" / f"mic_{k:04d}.mrc", sem.astype("float32"))
+        write_particles(root / "truth" / f"mic_{k:04d}.star", t)
+    return root
+
+
+def test_pick_then_evaluate(capsys, tmp_path):
+    _prob_maps(tmp_path)
+    rc, _, err = run(capsys, "pick", "--probs", tmp_path / "probs", "--out", tmp_path / "picks", "--diameter-px", 12,
+                     "--formats", "star,box,csv,txt", "--quiet")
+    assert rc == 0, err
+    for f in ("star", "box", "csv", "txt"):
+        assert len(list((tmp_path / "picks" / f).glob(f"*.{f}"))) == 4
+    assert (tmp_path / "picks" / "particles.star").exists()
+    assert (tmp_path / "picks" / "cryoseg-pick.json").exists()
+    rc, out, err = run(capsys, "evaluate", "--picks", tmp_path / "picks" / "star", "--truth", tmp_path / "truth",
+                       "--diameter-px", 12, "--out", tmp_path / "eval", "--probs", tmp_path / "probs",
+                       "--masks", tmp_path / "probs")
+    assert rc == 0, err
+    m = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert m["picking"]["f1"] == 1.0 and m["picking"]["n_true"] == 20
+    assert m["pixel"]["iou"] == 1.0
+    assert json.loads(out)["picking"]["recall"] == 1.0
+    # the same picks as BOX files (corner convention) evaluate the same
+    rc, out, err = run(capsys, "evaluate", "--picks", tmp_path / "picks" / "box", "--truth", tmp_path / "truth",
+                       "--diameter-px", 12)
+    assert rc == 0 and json.loads(out)["picking"]["f1"] == 1.0, err
+
+
+def test_pick_refuses_to_overwrite(capsys, tmp_path):
+    _prob_maps(tmp_path, n=2)
+    args = ("pick", "--probs", tmp_path / "probs", "--out", tmp_path / "picks", "--diameter-px", 12, "--quiet")
+    assert run(capsys, *args)[0] == 0
+    before = (tmp_path / "picks" / "star" / "mic_0000.star").read_text()
+    rc, _, err = run(capsys, *args)
+    assert_one_line_error(rc, err, "exists", "--force")
+    assert (tmp_path / "picks" / "star" / "mic_0000.star").read_text() == before
+    rc, _, err = run(capsys, *args, "--force")
+    assert rc == 0, err
+
+
+def test_pick_shards_cover_all(capsys, tmp_path):
+    _prob_maps(tmp_path, n=6)
+    for i in range(3):
+        rc, _, err = run(capsys, "pick", "--probs", tmp_path / "probs", "--out", tmp_path / "picks", "--diameter-px", 12,
+                         "--shard", f"{i}/3", "--quiet")
+        assert rc == 0, err
+        assert (tmp_path / "picks" / f"cryoseg-pick.shard-{i}-of-3.json").exists()
+    got = sorted(p.name for p in (tmp_path / "picks" / "star").glob("*.star"))
+    assert got == [f"mic_{k:04d}.star" for k in range(6)]
+    per_shard = [json.loads((tmp_path / "picks" / f"cryoseg-pick.shard-{i}-of-3.json").read_text())["config"]["n_micrographs"]
+                 for i in range(3)]
+    assert sum(per_shard) == 6
+
+
+def test_evaluate_mismatched_names(capsys, tmp_path):
+    _prob_maps(tmp_path, n=2)
+    run(capsys, "pick", "--probs", tmp_path / "probs", "--out", tmp_path / "picks", "--diameter-px", 12, "--quiet")
+    (tmp_path / "other").mkdir()
+    for p in (tmp_path / "truth").glob("*.star"):
+        (tmp_path / "other" / ("x" + p.name)).write_text(p.read_text())
+    rc, _, err = run(capsys, "evaluate", "--picks", tmp_path / "picks" / "star", "--truth", tmp_path / "other",
+                     "--diameter-px", 12)
+    assert_one_line_error(rc, err, "no micrograph names in common")
