@@ -1,0 +1,518 @@
+"""cryoseg.io: bad input, exact round trips and fuzzing (hypothesis), downloads against a local server.
+
+Fast and offline: every HTTP request goes to `serve_folder` on 127.0.0.1.
+"""
+import hashlib
+import math
+import socket
+import warnings
+from pathlib import Path
+
+import mrcfile
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from cryoseg.io import (
+    PARTICLE_COLUMNS, atomic_path, check_coordinates, download, flip_y, make_particles, read_box,
+    read_cryoppp_csv, read_mask, read_micrograph, read_particles, read_star, read_topaz, serve_folder,
+    strip_uid, write_box, write_cryoppp_csv, write_mask, write_micrograph, write_particles, write_star,
+    write_topaz,
+)
+
+FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+CLEAR_ERRORS = (ValueError, FileNotFoundError)
+
+
+def assert_valid_table(df):
+    "What any reader returns: the contract's columns, finite float centres, string names."
+    assert isinstance(df, pd.DataFrame)
+    assert tuple(df.columns[:5]) == PARTICLE_COLUMNS
+    for c in ("x", "y", "score", "diameter_px"):
+        assert df[c].dtype == np.float64
+    assert np.isfinite(df[["x", "y"]].to_numpy()).all()
+    assert all(isinstance(m, str) for m in df["micrograph"])
+
+
+# ---------------------------------------------------------------- conventions
+
+def test_pixel_centre_convention(tmp_path):
+    "Pixel [r, c] has centre (x=c, y=r); MRC row 0 is the first stored row; flip_y maps row r to H-1-r."
+    img = np.zeros((5, 7), np.float32)
+    img[1, 4] = 1.0                       # row 1, column 4
+    write_micrograph(tmp_path / "a.mrc", img)
+    back, _ = read_micrograph(tmp_path / "a.mrc", check=False)
+    r, c = np.unravel_index(np.argmax(back), back.shape)
+    p = make_particles([c], [r])
+    assert (p.x[0], p.y[0]) == (4.0, 1.0)
+    with mrcfile.open(tmp_path / "a.mrc") as m:   # the first row of the data block is row 0
+        assert m.data[1, 4] == 1.0 and m.header.nx == 7 and m.header.ny == 5
+    f = flip_y(p, 5)
+    assert f.y[0] == 3.0 and img[::-1][int(f.y[0]), int(f.x[0])] == 1.0
+
+
+def test_box_corner_convention(tmp_path):
+    p = make_particles([100.0], [200.0])
+    write_box(tmp_path / "a.box", p, box_size_px=50)
+    assert (tmp_path / "a.box").read_text().split() == ["75", "175", "50", "50"]
+
+
+# ---------------------------------------------------------------- atomic writes
+
+def test_atomic_path_cleans_up_and_refuses_overwrite(tmp_path):
+    target = tmp_path / "sub" / "f.mrc"
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as t:
+            t.write_bytes(b"partial")
+            raise RuntimeError("boom")
+    assert not target.exists() and list((tmp_path / "sub").iterdir()) == []
+    with atomic_path(target) as t:
+        assert t.suffix == ".mrc" and t.parent == target.parent
+        t.write_bytes(b"ok")
+    with pytest.raises(FileExistsError, match="f.mrc: file exists"):
+        with atomic_path(target) as t:
+            pass
+    with pytest.raises(FileNotFoundError, match="did not create"):
+        with atomic_path(tmp_path / "never.txt") as t:
+            pass
+
+
+@pytest.mark.parametrize("write", [
+    lambda p: write_micrograph(p.with_suffix(".mrc"), np.eye(4)),
+    lambda p: write_micrograph(p.with_suffix(".png"), np.eye(4)),
+    lambda p: write_mask(p.with_suffix(".mrc"), np.eye(4, dtype=np.uint8)),
+    lambda p: write_particles(p.with_suffix(".star"), make_particles([1.0], [1.0])),
+    lambda p: write_particles(p.with_suffix(".box"), make_particles([1.0], [1.0]), box_size_px=4),
+    lambda p: write_particles(p.with_suffix(".csv"), make_particles([1.0], [1.0])),
+    lambda p: write_particles(p.with_suffix(".txt"), make_particles([1.0], [1.0])),
+])
+def test_writers_refuse_to_overwrite(tmp_path, write):
+    f = write(tmp_path / "f")
+    before = f.read_bytes()
+    with pytest.raises(FileExistsError, match=f"{f.name}: file exists"):
+        write(tmp_path / "f")
+    assert f.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == [f.name]   # no temporary file left
+
+
+# ---------------------------------------------------------------- micrographs: bad input
+
+@pytest.fixture
+def mrc(tmp_path):
+    img = np.random.default_rng(0).normal(size=(16, 24)).astype(np.float32)
+    return write_micrograph(tmp_path / "m.mrc", img, pixel_size_a=0.885), img
+
+
+def test_micrograph_round_trip(mrc):
+    path, img = mrc
+    back, pix = read_micrograph(path)
+    np.testing.assert_array_equal(back, img)
+    assert pix == 0.885
+
+
+def test_missing_file(tmp_path):
+    for f in (read_micrograph, read_mask, read_particles):
+        with pytest.raises(FileNotFoundError, match="nope.mrc: no such file" if f is not read_particles else "nope.star"):
+            f(tmp_path / ("nope.mrc" if f is not read_particles else "nope.star"))
+
+
+@pytest.mark.parametrize("cut", [0, 100, 1023, 1024 + 10])
+def test_truncated_mrc(mrc, tmp_path, cut):
+    path, _ = mrc
+    bad = tmp_path / "t.mrc"
+    bad.write_bytes(path.read_bytes()[:cut])
+    with pytest.raises(ValueError, match="t.mrc: not a readable MRC file"):
+        read_micrograph(bad)
+
+
+def test_3d_stack_nan_inf_constant(tmp_path):
+    with mrcfile.new(tmp_path / "s.mrcs") as m:
+        m.set_data(np.zeros((2, 4, 4), np.float32))
+    with pytest.raises(ValueError, match=r"s.mrcs: expected a 2D micrograph .* got shape \(2, 4, 4\)"):
+        read_micrograph(tmp_path / "s.mrcs")
+    for bad, what in ((np.inf, "NaN/Inf"), (np.nan, "NaN/Inf")):
+        a = np.random.default_rng(1).normal(size=(4, 4)).astype(np.float32)
+        a[2, 1] = bad
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with mrcfile.new(tmp_path / "n.mrc", overwrite=True) as m:
+                m.set_data(a)
+        with pytest.raises(ValueError, match=f"n.mrc: 1 {what} pixels \\(first at row 2, col 1\\)"):
+            read_micrograph(tmp_path / "n.mrc")
+    write_micrograph(tmp_path / "c.png", np.full((4, 4), 7, np.uint8))
+    with pytest.raises(ValueError, match="c.png: constant image"):
+        read_micrograph(tmp_path / "c.png")
+
+
+def test_unknown_extensions(tmp_path):
+    (tmp_path / "a.dm4").write_bytes(b"x")
+    with pytest.raises(ValueError, match="a.dm4: unknown micrograph extension"):
+        read_micrograph(tmp_path / "a.dm4")
+    with pytest.raises(ValueError, match="unknown micrograph extension"):
+        write_micrograph(tmp_path / "a.dm4", np.eye(3))
+    (tmp_path / "a.xml").write_text("<x/>")
+    with pytest.raises(ValueError, match="a.xml: unknown coordinate file extension"):
+        read_particles(tmp_path / "a.xml")
+    with pytest.raises(ValueError, match="masks are written as MRC"):
+        write_mask(tmp_path / "m.png", np.eye(3, dtype=np.uint8))
+
+
+def test_mask_values(tmp_path):
+    with mrcfile.new(tmp_path / "m.mrc") as m:
+        m.set_data(np.array([[0, 1], [2, 1]], np.int16))
+    with pytest.raises(ValueError, match=r"m.mrc: a 0/1 mask holds other values \[2\]"):
+        read_mask(tmp_path / "m.mrc")
+    assert read_mask(tmp_path / "m.mrc", instance=True).tolist() == [[0, 1], [2, 1]]
+    with mrcfile.new(tmp_path / "f.mrc") as m:
+        m.set_data(np.array([[0, 0.5]], np.float32))
+    with pytest.raises(ValueError, match="non-integer"):
+        read_mask(tmp_path / "f.mrc")
+
+
+@given(st.lists(st.integers(0, 65535), min_size=1, max_size=30))
+@settings(max_examples=25, deadline=None)
+def test_instance_map_round_trip(ids):
+    import tempfile
+    inst = np.array(ids, np.int32).reshape(1, -1)
+    with tempfile.TemporaryDirectory() as d:
+        write_mask(Path(d) / "i.mrc", inst)
+        back = read_mask(Path(d) / "i.mrc", instance=True)
+    assert back.dtype == np.int32 and np.array_equal(back, inst)
+
+
+# ---------------------------------------------------------------- coordinates: bad input
+
+def test_empty_coordinate_files(tmp_path):
+    for name in ("e.star", "e.box", "e.csv", "e.txt"):
+        (tmp_path / name).write_text("  \n")
+        with pytest.raises(ValueError, match=f"{name}: empty file"):
+            read_particles(tmp_path / name)
+    (tmp_path / "h.txt").write_text("image_name\tx_coord\ty_coord\tscore\n")
+    with pytest.raises(ValueError, match="h.txt: no particles in file"):
+        read_particles(tmp_path / "h.txt")
+    assert len(read_particles(tmp_path / "h.txt", allow_empty=True)) == 0
+    (tmp_path / "h.star").write_text("data_\nloop_\n_rlnCoordinateX\n_rlnCoordinateY\n")
+    with pytest.raises(ValueError, match="h.star: no particles"):
+        read_particles(tmp_path / "h.star")
+
+
+@pytest.mark.parametrize("name,text,msg", [
+    ("a.csv", "X-Coordinate,Diameter\n1,2\n", r"missing required column\(s\) \['Y-Coordinate'\]"),
+    ("a.txt", "image_name\tx_coord\n1\t2\n", r"missing required column\(s\) \['y_coord'\]"),
+    ("a.star", "data_\nloop_\n_rlnCoordinateX #1\n1.0\n", "no rlnCoordinateY"),
+    ("a.star", "data_\nloop_\n_rlnAnglePsi #1\n1.0\n", "no table with rlnCoordinateX"),
+    ("a.star", "just some text\n", "expected 'data_'"),
+    ("a.star", "data_\nloop_\n_rlnCoordinateX\n_rlnCoordinateY\nnan 1\n", "non-finite particle coordinates"),
+    ("a.box", "1 2 x 4\n", "'x' is not a number"),
+    ("a.box", "1 2 0 0\n", "box size must be positive"),
+    ("a.box", "1 2 10 12\n", "non-square box"),
+    ("a.box", "1 2 10 10\n3 4 10 10\n5 6 12 12\n", r"mixed box sizes \[10.0, 12.0\] \(line 3\)"),
+    ("a.csv", "X-Coordinate,Y-Coordinate\n1,2,3\n", "row 2: 3 values for 2 columns"),
+    ("a.txt", "image_name\tx_coord\ty_coord\nm\t1\n", "line 2: 2 tab-separated values for 3 columns"),
+    ("a.txt", "image_name\tx_coord\ty_coord\nm\tinf\t1\n", "non-finite particle coordinates"),
+])
+def test_bad_coordinate_files(tmp_path, name, text, msg):
+    (tmp_path / name).write_text(text)
+    with pytest.raises(ValueError, match=msg) as e:
+        read_particles(tmp_path / name)
+    assert name in str(e.value)          # every message names the file
+
+
+def test_non_utf8_and_binary(tmp_path):
+    (tmp_path / "a.box").write_bytes(b"1 2 3 3\n\xff\xfe")
+    with pytest.raises(ValueError, match="a.box: not a UTF-8 text file"):
+        read_particles(tmp_path / "a.box")
+    (tmp_path / "b.csv").write_bytes(b"X-Coordinate\x00")
+    with pytest.raises(ValueError, match="b.csv: binary data"):
+        read_particles(tmp_path / "b.csv")
+
+
+def test_coordinates_outside_image():
+    p = make_particles([0.0, 9.0, 9.5, 3.0, -0.1], [0.0, 4.0, 1.0, 5.0, 2.0])
+    with pytest.raises(ValueError, match="picks.star: 3 of 5 particle centres lie outside the 5x10 image"):
+        check_coordinates(p, (5, 10), path="picks.star")
+    with pytest.warns(UserWarning, match="3 of 5"):
+        c = check_coordinates(p, (5, 10), action="clip")
+    assert c.x.tolist() == [0.0, 9.0, 9.0, 3.0, 0.0] and c.y.tolist() == [0.0, 4.0, 1.0, 4.0, 2.0]
+    with pytest.warns(UserWarning, match="dropped"):
+        d = check_coordinates(p, (5, 10), action="drop")
+    assert d.x.tolist() == [0.0, 9.0] and list(d.index) == [0, 1]
+    with pytest.raises(ValueError, match="action must be"):
+        check_coordinates(p, (5, 10), action="ignore")
+
+
+def test_multi_micrograph_tables_need_topaz_or_star(tmp_path):
+    p = make_particles([1.0, 2.0], [1.0, 2.0], micrograph=["a", "b"])
+    for ext in ("box", "csv"):
+        with pytest.raises(ValueError, match="one file per micrograph"):
+            write_particles(tmp_path / f"p.{ext}", p, box_size_px=8 if ext == "box" else None)
+    assert read_particles(write_particles(tmp_path / "p.txt", p)).micrograph.tolist() == ["a", "b"]
+
+
+def test_strip_uid():
+    assert strip_uid("J1/imported/000000000000000000001_a_b.mrc") == "J1/imported/a_b.mrc"
+    assert strip_uid("000000000000000000001_.mrc") == ".mrc"
+    assert strip_uid("000000000000000000001_") == "000000000000000000001_"   # nothing after the UID
+    assert strip_uid("1234_a.mrc") == "1234_a.mrc"
+
+
+def test_star_mixed_uids_not_stripped(tmp_path):
+    f = tmp_path / "m.star"
+    f.write_text("data_\nloop_\n_rlnMicrographName\n_rlnCoordinateX\n_rlnCoordinateY\n"
+                 "012345678901234567890_a.mrc 1 2\nb.mrc 3 4\n")
+    assert read_star(f).micrograph.tolist() == ["012345678901234567890_a.mrc", "b.mrc"]
+    assert read_star(f, strip_uids=True).micrograph.tolist() == ["a.mrc", "b.mrc"]
+
+
+def test_star_multiple_optics_groups_round_trip(tmp_path):
+    f = tmp_path / "g.star"
+    f.write_text("data_optics\nloop_\n_rlnOpticsGroupName\n_rlnOpticsGroup\n_rlnVoltage\n_rlnMicrographPixelSize\n"
+                 "og1 1 300 1.0\nog2 2 200 0.5\n\ndata_particles\nloop_\n_rlnCoordinateX\n_rlnCoordinateY\n"
+                 "_rlnOpticsGroup\n1 2 1\n3 4 2\n")
+    p = read_star(f)
+    assert p.attrs["optics"] == {"voltage_kv": 300.0, "pixel_size_a": 1.0}
+    assert [g["voltage_kv"] for g in p.attrs["optics_groups"]] == [300.0, 200.0]
+    assert p.rlnOpticsGroup.tolist() == [1, 2]
+    q = read_star(write_star(tmp_path / "g2.star", p))
+    pd.testing.assert_frame_equal(q, p)
+    assert q.attrs["optics_groups"] == p.attrs["optics_groups"]
+
+
+# ---------------------------------------------------------------- fuzzing: random bytes
+
+@pytest.mark.parametrize("ext", [".mrc", ".star", ".box", ".csv", ".txt", ".png"])
+@given(data=st.binary(max_size=2048))
+@FUZZ
+def test_random_bytes_give_clear_errors(tmp_path, ext, data):
+    f = tmp_path / f"fuzz{ext}"
+    f.write_bytes(data)
+    reader = read_micrograph if ext in (".mrc", ".png") else read_particles
+    try:
+        out = reader(f)
+    except CLEAR_ERRORS as e:
+        assert f.name in str(e)
+        return
+    if reader is read_micrograph:
+        img, pix = out
+        assert img.ndim == 2 and img.dtype == np.float32 and np.isfinite(img).all()
+    else:
+        assert_valid_table(out)
+
+
+_STAR_LINES = ["data_", "data_particles", "data_optics", "loop_", "_rlnCoordinateX #1", "_rlnCoordinateY #2",
+               "_rlnMicrographName", "_rlnDefocusU", "_rlnVoltage 300", "_rlnOpticsGroup", "1.0 2.0", "3 4 5",
+               '"a b" 1 2', "'x' 1e3 -2", "# comment", "", "nan inf", "<NA> 1", "1_0 2", "x.mrc 10 20", '"open 1 2',
+               "cryosegParticleId", "_cryosegParticleId", "data_data_", "1 2 # c"]
+
+
+@given(lines=st.lists(st.sampled_from(_STAR_LINES), max_size=14))
+@FUZZ
+def test_star_like_text_gives_clear_errors(tmp_path, lines):
+    f = tmp_path / "s.star"
+    f.write_text("\n".join(lines))
+    try:
+        out = read_star(f)
+    except CLEAR_ERRORS as e:
+        assert "s.star" in str(e)
+        return
+    assert_valid_table(out)
+    assert len(out) > 0
+
+
+@given(flips=st.lists(st.tuples(st.integers(0, 1024 + 16 * 24 * 4 - 1), st.integers(0, 255)), min_size=1, max_size=4),
+       cut=st.none() | st.integers(0, 1024 + 16 * 24 * 4))
+@FUZZ
+def test_corrupted_mrc_gives_clear_errors(tmp_path, flips, cut):
+    img = np.random.default_rng(0).normal(size=(16, 24)).astype(np.float32)
+    good = tmp_path / "good.mrc"
+    if not good.exists():
+        write_micrograph(good, img, pixel_size_a=1.0)
+    raw = bytearray(good.read_bytes())
+    for i, b in flips:
+        raw[i] = b
+    f = tmp_path / "c.mrc"
+    f.write_bytes(bytes(raw[:cut]) if cut is not None else bytes(raw))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            out, pix = read_micrograph(f)
+    except CLEAR_ERRORS as e:
+        assert "c.mrc" in str(e)
+        return
+    assert out.ndim == 2 and out.dtype == np.float32 and np.isfinite(out).all()
+    assert pix is None or pix > 0
+
+
+# ---------------------------------------------------------------- fuzzing: random tables round-trip
+
+finite = st.floats(allow_nan=False, allow_infinity=False)
+anyfloat = st.floats(allow_nan=True, allow_infinity=True)
+names = st.text(alphabet="abcXYZ019_-./ é", max_size=12)
+
+
+@st.composite
+def tables(draw, max_rows=6):
+    n = draw(st.integers(1, max_rows))
+    col = lambda s: draw(st.lists(s, min_size=n, max_size=n))
+    kw = dict(x=col(finite), y=col(finite),
+              score=col(anyfloat) if draw(st.booleans()) else None,
+              diameter_px=col(st.floats(min_value=1e-3, max_value=1e6)) if draw(st.booleans()) else None,
+              micrograph=draw(names))
+    for c in ("rot_deg", "tilt_deg", "psi_deg", "origin_x_a", "origin_y_a", "defocus_u_um", "defocus_v_um", "defocus_angle_deg"):
+        if draw(st.booleans()):
+            kw[c] = col(anyfloat)
+    if draw(st.booleans()):
+        kw["particle_id"] = col(st.integers(1, 2**40))
+    if draw(st.booleans()):
+        kw["rlnClassNumber"] = col(st.integers(-2**62, 2**62))
+    return make_particles(**kw)
+
+
+@given(df=tables())
+@FUZZ
+def test_star_round_trip(tmp_path, df):
+    opt = dict(voltage_kv=300.0, cs_mm=2.7, amplitude_contrast=0.07, pixel_size_a=1.234) if df.x.iloc[0] > 0 else None
+    f = write_star(tmp_path / "t.star", df, optics=opt, overwrite=True)
+    back = read_star(f, strip_uids=False)
+    pd.testing.assert_frame_equal(back, df, check_exact=True)
+    assert back.attrs.get("optics") == opt
+
+
+@given(df=tables(), box=st.integers(1, 512) | st.floats(min_value=0.5, max_value=1e4))
+@FUZZ
+def test_box_round_trip(tmp_path, df, box):
+    f = write_box(tmp_path / "t.box", df, box_size_px=box, overwrite=True)
+    back = read_box(f, micrograph=df.micrograph[0])
+    pd.testing.assert_frame_equal(back, make_particles(df.x, df.y, micrograph=df.micrograph[0]), check_exact=True)
+    assert back.attrs["box_size_px"] == box
+    again = read_box(write_box(tmp_path / "t2.box", back, overwrite=True))   # box size from attrs
+    assert again.attrs["box_size_px"] == box
+
+
+@given(df=tables())
+@FUZZ
+def test_cryoppp_csv_round_trip(tmp_path, df):
+    f = write_cryoppp_csv(tmp_path / "t.csv", df, overwrite=True)
+    back = read_cryoppp_csv(f, micrograph=df.micrograph[0])
+    keep = [c for c in ("x", "y", "score", "diameter_px", "psi_deg", "rot_deg", "tilt_deg") if c in df]
+    pd.testing.assert_frame_equal(back[keep], df[keep], check_exact=True)
+
+
+@given(dfs=st.lists(tables(max_rows=3), min_size=1, max_size=3))
+@FUZZ
+def test_topaz_round_trip(tmp_path, dfs):
+    df = pd.concat(dfs, ignore_index=True)[["micrograph", "x", "y", "score"]]
+    df = make_particles(df.x, df.y, score=df.score, micrograph=df.micrograph.tolist())
+    back = read_topaz(write_topaz(tmp_path / "t.txt", df, overwrite=True))
+    pd.testing.assert_frame_equal(back, df, check_exact=True)
+
+
+def test_empty_tables_round_trip(tmp_path):
+    e = make_particles([], [])
+    for ext in ("star", "csv", "txt"):
+        back = read_particles(write_particles(tmp_path / f"e.{ext}", e), allow_empty=True)
+        pd.testing.assert_frame_equal(back, e)
+    back = read_particles(write_particles(tmp_path / "e.box", e, box_size_px=10), allow_empty=True)
+    pd.testing.assert_frame_equal(back, e)
+
+
+def test_starfile_reads_what_we_write(tmp_path):
+    import starfile
+    df = make_particles([1.5, 2.25], [3.0, 4.0], score=[0.5, 0.25], micrograph=["a.mrc", "b.mrc"],
+                        defocus_u_um=[1.5, 2.0], rot_deg=[10.0, 20.0])
+    f = write_star(tmp_path / "a.star", df, optics=dict(voltage_kv=300.0, cs_mm=2.7, amplitude_contrast=0.1, pixel_size_a=1.0))
+    sf = starfile.read(f)
+    p = sf["particles"]
+    assert p.rlnMicrographName.tolist() == ["a.mrc", "b.mrc"]
+    assert p.rlnDefocusU.tolist() == [15000, 20000] and p.rlnCoordinateX.tolist() == [1.5, 2.25]
+    assert sf["optics"].rlnMicrographPixelSize[0] == 1.0
+
+
+# ---------------------------------------------------------------- downloads
+
+@pytest.fixture
+def site(tmp_path):
+    root = tmp_path / "site"
+    root.mkdir()
+    payload = np.random.default_rng(3).bytes(150_000)
+    (root / "f.bin").write_bytes(payload)
+    with serve_folder(root) as url:
+        yield url, payload
+
+
+def test_serve_folder_ranges(site):
+    import urllib.request
+    url, payload = site
+    req = urllib.request.Request(url + "f.bin", headers={"Range": "bytes=10-19"})
+    with urllib.request.urlopen(req, timeout=5) as r:
+        assert r.status == 206 and r.read() == payload[10:20]
+        assert r.headers["Content-Range"] == f"bytes 10-19/{len(payload)}"
+    req = urllib.request.Request(url + "f.bin", headers={"Range": "bytes=-5"})
+    with urllib.request.urlopen(req, timeout=5) as r:
+        assert r.read() == payload[-5:]
+    with urllib.request.urlopen(url + "f.bin", timeout=5) as r:
+        assert r.status == 200 and r.read() == payload
+    req = urllib.request.Request(url + "f.bin", headers={"Range": f"bytes={len(payload)}-"})
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(req, timeout=5)
+    assert e.value.code == 416
+
+
+def test_download_resume_from_part(site, tmp_path):
+    url, payload = site
+    dest = tmp_path / "out" / "f.bin"
+    dest.parent.mkdir()
+    # a .part whose first bytes are deliberately wrong: if download resumes (Range) they survive,
+    # which proves that only the rest was fetched; the checksum then catches the corruption
+    (dest.parent / "f.bin.part").write_bytes(b"\0" * 1000)
+    got = download(url + "f.bin", dest, progress=False)
+    assert got.read_bytes() == b"\0" * 1000 + payload[1000:]
+    assert url.requests[-1] == ("/f.bin", "bytes=1000-")
+    dest.unlink()
+    (dest.parent / "f.bin.part").write_bytes(b"\0" * 1000)
+    with pytest.raises(ValueError, match="SHA-256 mismatch"):
+        download(url + "f.bin", dest, sha256=hashlib.sha256(payload).hexdigest(), progress=False)
+    assert not dest.exists() and not (dest.parent / "f.bin.part").exists()
+    # an honest partial file resumes to the right bytes
+    (dest.parent / "f.bin.part").write_bytes(payload[:70_000])
+    download(url + "f.bin", dest, expected_size=len(payload), sha256=hashlib.sha256(payload).hexdigest(), progress=True)
+    assert dest.read_bytes() == payload
+
+
+def test_download_complete_part_and_overwrite(site, tmp_path):
+    url, payload = site
+    dest = tmp_path / "f.bin"
+    (tmp_path / "f.bin.part").write_bytes(payload)          # already complete: server answers 416
+    download(url + "f.bin", dest, progress=False)
+    assert dest.read_bytes() == payload
+    dest.write_bytes(b"old")
+    with pytest.raises(FileExistsError, match="does not match"):
+        download(url + "f.bin", dest, expected_size=len(payload), progress=False)
+    assert download(url + "f.bin", dest, progress=False).read_bytes() == b"old"   # no check requested: kept
+    download(url + "f.bin", dest, overwrite=True, progress=False)
+    assert dest.read_bytes() == payload
+
+
+def test_download_wrong_size(site, tmp_path):
+    url, payload = site
+    with pytest.raises(ValueError, match=f"expected 10 bytes, got {len(payload)}"):
+        download(url + "f.bin", tmp_path / "f.bin", expected_size=10, progress=False)
+    assert list(tmp_path.glob("f.bin*")) == []
+
+
+def test_download_unreachable(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/x.bin"
+    with pytest.raises(ConnectionError, match=f"could not download {url}"):
+        download(url, tmp_path / "x.bin", progress=False, timeout_s=2)
+    assert not (tmp_path / "x.bin").exists()
+
+
+def test_download_http_error(site, tmp_path):
+    url, _ = site
+    with pytest.raises(ConnectionError, match="HTTP 404"):
+        download(url + "missing", tmp_path / "m", progress=False)
+    assert list(tmp_path.glob("m*")) == []
