@@ -516,3 +516,43 @@ def test_download_http_error(site, tmp_path):
     with pytest.raises(ConnectionError, match="HTTP 404"):
         download(url + "missing", tmp_path / "m", progress=False)
     assert list(tmp_path.glob("m*")) == []
+
+
+def test_download_interrupted_then_resumed(site, tmp_path):
+    "A server that drops the connection half-way: ConnectionError, .part kept, next call resumes."
+    import http.server
+    import threading
+    url, payload = site
+
+    class Flaky(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload[:60_000])
+            self.wfile.flush()
+            self.close_connection = True
+
+        def log_message(self, *a):
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Flaky)
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    try:
+        flaky = f"http://127.0.0.1:{srv.server_address[1]}/f.bin"
+        dest = tmp_path / "f.bin"
+        with pytest.raises(ConnectionError, match=f"could not download {flaky}"):
+            download(flaky, dest, progress=False, timeout_s=5)
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    assert not dest.exists()
+    assert (tmp_path / "f.bin.part").read_bytes() == payload[:60_000]
+    download(url + "f.bin", dest, sha256=hashlib.sha256(payload).hexdigest(), progress=False)
+    assert dest.read_bytes() == payload and url.requests[-1][1] == "bytes=60000-"
+
+
+def test_download_bad_url(tmp_path):
+    with pytest.raises(ValueError, match="not an http"):
+        download("data/f.bin", tmp_path / "f.bin", progress=False)
