@@ -111,3 +111,140 @@ def test_safe_extract_not_a_tar(tmp_path):
     p.write_bytes(b"not a tarball")
     with pytest.raises(ValueError, match="not a readable tar"):
         _safe_extract(p, tmp_path)
+
+
+# ---- labels from projections vs the simulator ---------------------------------------------------
+from cryoseg.io import read_mask, read_micrograph, read_particles, serve_folder, write_particles
+from cryoseg.labels import (download_cryoppp, footprint_labels, load_cryoppp, make_cryoppp_sample,
+                            reprojection_labels)
+from cryoseg.simulate import SimConfig, simulate_dataset
+from cryoseg.volumes import make_volume
+
+
+def _iou(a, b):
+    a, b = np.asarray(a) > 0, np.asarray(b) > 0
+    return (a & b).sum() / max((a | b).sum(), 1)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    cfg = SimConfig(n_particles=12, min_distance_px=20)   # closer than a diameter: some footprints overlap
+    root = simulate_dataset(tmp_path_factory.mktemp("sim") / "ds", n_micrographs=2, cfg=cfg, seed=3, progress=False)
+    vol = make_volume(cfg.volume_kind, cfg.box_size, cfg.pixel_size_a, cfg.diameter_a, cfg.volume_seed)
+    return root, cfg, vol
+
+
+def test_footprint_and_reprojection_match_simulated_dataset(dataset):
+    root, cfg, vol = dataset
+    mask3d = (vol > 0.3 * vol.max()).astype(np.float32)
+    for name in ("mic_0000", "mic_0001"):
+        img, px = read_micrograph(root / "micrographs" / f"{name}.mrc")
+        star = root / "coordinates" / f"{name}.star"
+        truth_sem = read_mask(root / "masks" / f"{name}.mrc")
+        truth_inst = read_mask(root / "instances" / f"{name}.mrc", instance=True)
+        parts = read_particles(star)
+        sem, inst = footprint_labels(vol, parts, img.shape)
+        assert (sem == truth_sem).all() and (inst == truth_inst).all()
+        # reprojection of the density map from the STAR path with the footprint rule: exact as well
+        sem2, inst2 = reprojection_labels(vol, star, img.shape, pixel_size_a=px, threshold_frac=0.1)
+        assert (inst2 == truth_inst).all()
+        # a binary refinement-style mask: IoU >= 0.95
+        sem3, _ = reprojection_labels(mask3d, star, img.shape, pixel_size_a=px)
+        assert _iou(sem3, truth_sem) >= 0.95
+
+
+def test_reprojection_origin_convention_and_map_file(dataset, tmp_path):
+    import mrcfile
+    root, cfg, vol = dataset
+    parts = read_particles(root / "coordinates" / "mic_0000.star")
+    truth = read_mask(root / "instances" / "mic_0000.mrc", instance=True)
+    px = cfg.pixel_size_a
+    shift = np.random.default_rng(0).integers(-5, 6, size=(len(parts), 2)).astype(float)
+    moved = parts.assign(x=parts.x + shift[:, 0], y=parts.y + shift[:, 1],
+                         origin_x_a=shift[:, 0] * px, origin_y_a=shift[:, 1] * px)
+    star = write_particles(tmp_path / "refined.star", moved)
+    # the map as an MRC file (read with cryoseg.volumes.read_volume)
+    with mrcfile.new(tmp_path / "map.mrc") as m:
+        m.set_data(np.ascontiguousarray(vol))
+        m.voxel_size = px
+    _, inst = reprojection_labels(tmp_path / "map.mrc", star, truth.shape, pixel_size_a=px, threshold_frac=0.1)
+    assert (inst == truth).all()
+
+
+def test_reprojection_bad_input(dataset, tmp_path):
+    root, cfg, vol = dataset
+    parts = read_particles(root / "coordinates" / "mic_0000.star")
+    picks = write_particles(tmp_path / "picks.star", parts[["micrograph", "x", "y"]])
+    with pytest.raises(ValueError, match="no particle poses"):
+        reprojection_labels(vol, picks, (256, 256), pixel_size_a=4.0)
+    both = pd.concat([parts, parts.assign(micrograph="other.mrc")], ignore_index=True)
+    with pytest.raises(ValueError, match="pass micrograph="):
+        reprojection_labels(vol, both, (256, 256), pixel_size_a=4.0)
+    with pytest.raises(ValueError, match="no particles on micrograph"):
+        reprojection_labels(vol, both, (256, 256), pixel_size_a=4.0, micrograph="nope.mrc")
+    a = reprojection_labels(vol, both, (256, 256), pixel_size_a=4.0, micrograph="mic_0000", threshold_frac=0.1)[1]
+    assert (a == read_mask(root / "instances" / "mic_0000.mrc", instance=True)).all()
+
+
+# ---- CryoPPP ------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def sample(tmp_path_factory):
+    return make_cryoppp_sample(tmp_path_factory.mktemp("cppp") / "99999", n_micrographs=2, seed=1)
+
+
+def test_cryoppp_csv_and_flipped_star(sample):
+    recs = load_cryoppp(sample)
+    assert len(recs) == 2 and not recs.unlabelled and not recs.orphans
+    img, _ = read_micrograph(recs[0].micrograph)
+    H = img.shape[0]
+    truth = read_particles(sample / "truth" / "coordinates" / f"{recs[0].name}.star")
+    np.testing.assert_allclose(recs[0].particles[["x", "y"]], truth[["x", "y"]])
+    raw = read_particles(recs.star_path)
+    flipped = read_particles(recs.star_path, flip_y=True, image_height=H)
+    on0 = lambda t: t[t.micrograph.str.startswith(recs[0].name)][["x", "y"]].to_numpy()
+    np.testing.assert_allclose(on0(flipped), truth[["x", "y"]].to_numpy())
+    assert np.abs(on0(raw)[:, 1] - truth.y.to_numpy()).max() > 5
+    # discs from the CSV cover every exact footprint pixel
+    sem, _ = disc_labels(img.shape, recs[0].particles)
+    exact = read_mask(sample / "truth" / "masks" / f"{recs[0].name}.mrc")
+    assert (sem[exact > 0] == 1).mean() > 0.99
+
+
+def test_cryoppp_missing_coordinates_reported(sample, tmp_path):
+    import shutil
+    b = tmp_path / "b"
+    shutil.copytree(sample, b)
+    (b / "ground_truth" / "particle_coordinates" / "sample_0000.csv").unlink()
+    with pytest.warns(UserWarning, match="without a coordinate file"):
+        recs = load_cryoppp(b)
+    assert [r.name for r in recs] == ["sample_0001"] and [p.name for p in recs.unlabelled] == ["sample_0000.mrc"]
+    shutil.rmtree(b / "ground_truth" / "particle_coordinates")
+    with pytest.raises(FileNotFoundError, match="particle_coordinates"):
+        load_cryoppp(b)
+
+
+def test_download_cryoppp_roundtrip_and_resume(sample, tmp_path):
+    served = tmp_path / "srv"
+    served.mkdir()
+    with tarfile.open(served / "99999.tar.gz", "w:gz") as tf:
+        tf.add(sample, arcname="99999")
+    size = (served / "99999.tar.gz").stat().st_size
+    cache = tmp_path / "cache"
+    (cache / "cryoppp").mkdir(parents=True)
+    # an interrupted earlier download: the first half is already there
+    (cache / "cryoppp" / "99999.tar.gz.part").write_bytes((served / "99999.tar.gz").read_bytes()[: size // 2])
+    with serve_folder(served) as url:
+        root = download_cryoppp(99999, cache_dir=cache, base_url=url, expected_size=size, progress=False, keep_archive=True)
+        ranges = [r for r in url.requests if r[1]]
+    assert ranges and str(size // 2) in ranges[0][1]          # resumed with a Range request
+    assert (cache / "cryoppp" / "99999.tar.gz").stat().st_size == size
+    assert len(load_cryoppp(root)) == 2
+    # lite data go to their own folder
+    with serve_folder(served) as url:
+        lite_root = download_cryoppp(99999, cache_dir=cache, base_url=url, lite=True, progress=False)
+    assert lite_root.parent.name == "cryoppp_lite"
+
+
+def test_download_cryoppp_offline(tmp_path):
+    with pytest.raises(ConnectionError, match="CryoPPP 10017"):
+        download_cryoppp(10017, cache_dir=tmp_path, base_url="http://127.0.0.1:9/", progress=False)
