@@ -243,3 +243,31 @@ def test_evaluate_mismatched_names(capsys, tmp_path):
     rc, _, err = run(capsys, "evaluate", "--picks", tmp_path / "picks" / "star", "--truth", tmp_path / "other",
                      "--diameter-px", 12)
     assert_one_line_error(rc, err, "no micrograph names in common")
+
+
+# --- the whole pipeline, tiny ----------------------------------------------------------------------
+
+def test_demo_quick(capsys, tmp_path):
+    "`cryoseg demo --quick`: every stage runs and writes its documented outputs (numbers not judged: 2 epochs)."
+    out = tmp_path / "demo"
+    rc, _, err = run(capsys, "demo", "--quick", "--out", out, "--quiet", "--device", "cpu")
+    assert rc == 0, err
+    report = (out / "report.md").read_text()
+    for row in ("| U-Net |", "| U-Net + CRF (torch) |", "| blob picker (LoG) |", "## Timings", "## Machine"):
+        assert row in report, row
+    for f in ("picks.png", "crf.png", "pr.png", "history.png"):
+        assert (out / "figures" / f).stat().st_size > 1000, f
+    test_mics = sorted(p.stem for p in (out / "data" / "test" / "micrographs").glob("*.mrc"))
+    for method in ("unet", "unet_crf"):
+        assert sorted(p.stem for p in (out / "picks" / method / "star").glob("*.star")) == test_mics
+        assert sorted(p.stem for p in (out / "picks" / method / "box").glob("*.box")) == test_mics
+    for cfg in ("data/train/cryoseg-simulate.json", "labels/train/cryoseg-label-footprint.json", "model/cryoseg-train.json",
+                "predict/cryoseg-predict.json", "picks/unet/cryoseg-pick.json", "cryoseg-demo.json"):
+        assert (out / cfg).exists(), cfg
+    m = json.loads((out / "metrics.json").read_text())
+    for name, r in m["results"].items():
+        assert 0 <= r["picking"]["f1"] <= 1, name
+    # a second run into the same folder refuses, naming a file, and leaves the report alone
+    rc, _, err = run(capsys, "demo", "--quick", "--out", out, "--quiet")
+    assert_one_line_error(rc, err, "exists", "--force")
+    assert (out / "report.md").read_text() == report
