@@ -492,11 +492,24 @@ def test_download_complete_part_and_overwrite(site, tmp_path):
     assert download(url + "f.bin", dest, progress=False).read_bytes() == b"old"   # no check requested: kept
     download(url + "f.bin", dest, overwrite=True, progress=False)
     assert dest.read_bytes() == payload
+    # a .part longer than the remote file (server answers 416 with the true size): start again
+    dest2 = tmp_path / "g.bin"
+    (tmp_path / "g.bin.part").write_bytes(payload + b"garbage")
+    assert download(url + "f.bin", dest2, progress=False).read_bytes() == payload
+
+
+def test_download_size_checked_after_resume(site, tmp_path):
+    "Without Content-Length knowledge of the whole, the final size check still catches a wrong file."
+    url, payload = site
+    (tmp_path / "h.bin.part").write_bytes(payload[:1000])
+    with pytest.raises(ValueError, match="expected 5 bytes"):
+        download(url + "f.bin", tmp_path / "h.bin", expected_size=5, progress=False)
+    assert list(tmp_path.glob("h.bin*")) == []
 
 
 def test_download_wrong_size(site, tmp_path):
     url, payload = site
-    with pytest.raises(ValueError, match=f"expected 10 bytes, got {len(payload)}"):
+    with pytest.raises(ValueError, match=f"f.bin: download failed: .* expected 10 bytes, the server reports {len(payload)}"):
         download(url + "f.bin", tmp_path / "f.bin", expected_size=10, progress=False)
     assert list(tmp_path.glob("f.bin*")) == []
 
