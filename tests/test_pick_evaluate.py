@@ -212,3 +212,69 @@ def test_export_round_trip(tmp_path, ext):
     np.testing.assert_allclose(back[["x", "y"]].to_numpy(), p[["x", "y"]].to_numpy(), atol=tol)
     # the picks evaluate perfectly against themselves after the round trip
     assert picking_metrics(back, p, 10)["f1"] == 1.0
+
+
+# ---------------------------------------------------------------- baselines, simulation, widgets
+from cryoseg.evaluate import blob_picker, template_picker, plot_picks, plot_pr, metrics_table
+
+
+def _dark_discs(seed=0, snr=2.0, d=12):
+    rng = np.random.default_rng(seed)
+    xy = np.array([[20.0, 20], [60, 24], [30, 60], [70, 66]])
+    prob = _discs((90, 96), xy, d)
+    img = -prob + rng.normal(0, 1 / np.sqrt(snr), prob.shape) + 0.02 * np.arange(96)[None]
+    return img.astype(np.float32), xy
+
+
+def test_blob_and_template_pickers_find_discs():
+    img, xy = _dark_discs()
+    for p in (blob_picker(img, 12), template_picker(img, _discs((17, 17), [[8, 8]], 12), 12)):
+        m = picking_metrics(p, xy, 12)
+        assert m["recall"] == 1.0 and m["mean_error_px"] < 1.5, m
+        assert p["score"].is_monotonic_decreasing
+
+
+def test_baseline_bad_inputs():
+    img, _ = _dark_discs()
+    with pytest.raises(ValueError, match="NaN"):
+        blob_picker(np.full((8, 8), np.nan), 4)
+    with pytest.raises(ValueError, match="constant"):
+        template_picker(img, np.zeros((5, 5)), 12)
+    with pytest.raises(ValueError, match="diameter_px"):
+        blob_picker(img, -1)
+
+
+def test_figures_headless():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    img, xy = _dark_discs()
+    p = blob_picker(img, 12)
+    ax = plot_picks(img, p, pd.DataFrame(dict(x=xy[:, 0], y=xy[:, 1])), diameter_px=12)
+    assert len(ax.patches) >= len(p)
+    ax = plot_pr(pr_curve(p, pd.DataFrame(dict(x=xy[:, 0], y=xy[:, 1])), 12))
+    assert ax.get_xlabel() == "recall"
+    t = metrics_table({"blob": picking_metrics(p, xy, 12)})
+    assert t.loc["blob", "n_true"] == 4
+    plt.close("all")
+
+
+def test_simulated_mask_picks_perfectly():
+    from cryoseg.simulate import SimConfig, simulate_micrograph
+    sim = simulate_micrograph(cfg=SimConfig(shape=(160, 160), n_particles=8), seed=5, name="mic_0005")
+    d = sim.params["diameter_px"]
+    p = pick_particles(sim.mask, d, micrograph="mic_0005")
+    m = picking_metrics(p, sim.particles, d)
+    assert m["f1"] == 1.0 and m["mean_error_px"] < 1.0
+    # and the pixel metrics of the mask against itself
+    assert pixel_scores(confusion_counts(sim.mask, sim.mask))["iou"] == 1.0
+
+
+def test_widget_views():
+    from cryoseg.widgets import browser_view, simulation_view
+    picks, truth = _tables()
+    v = browser_view(picks[picks.micrograph == "m1"], truth[truth.micrograph == "m1"], 0.6, 10)
+    assert v["metrics"]["n_picks"] == 1 and v["metrics"]["precision"] == 1.0 and "F1" in v["summary"]
+    s = simulation_view(defocus_um=2.0, snr=0.3)
+    assert s["ctf"][0] == pytest.approx(-0.07, abs=1e-4)           # CTF(0) = -amplitude contrast
+    assert s["image"].shape == s["mask"].shape == (128, 128)
