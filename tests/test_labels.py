@@ -218,6 +218,12 @@ def test_cryoppp_missing_coordinates_reported(sample, tmp_path):
     with pytest.warns(UserWarning, match="without a coordinate file"):
         recs = load_cryoppp(b)
     assert [r.name for r in recs] == ["sample_0001"] and [p.name for p in recs.unlabelled] == ["sample_0000.mrc"]
+    # a coordinate file that lists no particles is a micrograph without particles (kept, empty labels)
+    (b / "ground_truth" / "particle_coordinates" / "sample_0001.csv").write_text("X-Coordinate,Y-Coordinate,Diameter\n")
+    with pytest.warns(UserWarning):
+        recs = load_cryoppp(b)
+    assert len(recs) == 1 and len(recs[0].particles) == 0
+    assert disc_labels((256, 256), recs[0].particles, diameter_px=30)[0].sum() == 0
     shutil.rmtree(b / "ground_truth" / "particle_coordinates")
     with pytest.raises(FileNotFoundError, match="particle_coordinates"):
         load_cryoppp(b)
