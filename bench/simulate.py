@@ -1,0 +1,80 @@
+"""Simulator speed benchmark: micrographs per second for a 4096² micrograph with 150 particles (box 128).
+
+Times `simulate_micrograph` on the CPU (and on CUDA when present) with Gaussian noise and with all the
+realism effects on, after one warm-up call (which also caches the volume's 3D DFT, shared by every
+micrograph of a dataset). Targets (issue 3): <= 2 s per micrograph on a 2-core CPU, >= 20/s on one H100.
+
+    python bench/simulate.py                     # torch's default thread count
+    python bench/simulate.py --threads 2 --repeat 3 --size 4096
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import time
+
+import numpy as np
+import torch
+
+from cryoseg.simulate import SimConfig, simulate_micrograph
+from cryoseg.volumes import make_volume
+
+
+def machine() -> str:
+    cpu = platform.processor() or "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip(); break
+    except OSError:
+        pass
+    ncpu = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return (f"{cpu}, {ncpu} usable cores, torch {torch.__version__} ({torch.get_num_threads()} threads), "
+            f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}, {gpu}, Python {platform.python_version()}")
+
+
+def bench(cfg: SimConfig, volume: np.ndarray, device: str, repeat: int) -> float:
+    "Median seconds per micrograph over `repeat` calls after one warm-up."
+    simulate_micrograph(volume, cfg, seed=0, device=device)
+    ts = []
+    for i in range(repeat):
+        if device.startswith("cuda"): torch.cuda.synchronize()
+        t = time.perf_counter()
+        simulate_micrograph(volume, cfg, seed=i + 1, device=device)
+        if device.startswith("cuda"): torch.cuda.synchronize()
+        ts.append(time.perf_counter() - t)
+    return float(np.median(ts))
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--size", type=int, default=4096)
+    ap.add_argument("--particles", type=int, default=150)
+    ap.add_argument("--box", type=int, default=128)
+    ap.add_argument("--pixel-size", type=float, default=1.0)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    ap.add_argument("--devices", default=None, help="comma-separated, default cpu and cuda when present")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(machine())
+    vol = make_volume("globular", box_size=args.box, pixel_size_a=args.pixel_size, seed=0)
+    base = dict(shape=(args.size, args.size), pixel_size_a=args.pixel_size, box_size=args.box,
+                n_particles=args.particles)
+    cfgs = {"gaussian noise": SimConfig(**base),
+            "all realism + shot noise": SimConfig(**base, noise="shot", ice_gradient=0.3, ice_noise_rad=0.02,
+                                                  carbon=True, n_contaminants=4)}
+    devices = args.devices.split(",") if args.devices else ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    print(f"{args.size}² micrograph, {args.particles} particles, box {args.box}, {args.pixel_size} Å/px")
+    for dev in devices:
+        for name, cfg in cfgs.items():
+            s = bench(cfg, vol, dev, args.repeat)
+            print(f"  {dev:5s} {name:26s} {s:7.3f} s/micrograph  {1 / s:7.2f} micrographs/s")
+
+
+if __name__ == "__main__":
+    main()
