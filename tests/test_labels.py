@@ -254,3 +254,16 @@ def test_download_cryoppp_roundtrip_and_resume(sample, tmp_path):
 def test_download_cryoppp_offline(tmp_path):
     with pytest.raises(ConnectionError, match="CryoPPP 10017"):
         download_cryoppp(10017, cache_dir=tmp_path, base_url="http://127.0.0.1:9/", progress=False)
+
+
+def test_download_cryoppp_split_dataset(sample, tmp_path):
+    # some CryoPPP entries (e.g. 10389) hold two data sets, <id>/<id>A/ and <id>/<id>B/
+    served = tmp_path / "srv"
+    served.mkdir()
+    with tarfile.open(served / "10389.tar.gz", "w:gz") as tf:
+        tf.add(sample, arcname="10389/10389A")
+        tf.add(sample, arcname="10389/10389B")
+    with serve_folder(served) as url:
+        with pytest.warns(UserWarning, match="several candidates"):
+            got = download_cryoppp(10389, cache_dir=tmp_path / "c", base_url=url, progress=False)
+    assert got.name == "10389" and len(load_cryoppp(got / "10389B")) == 2
