@@ -267,3 +267,42 @@ def test_download_cryoppp_split_dataset(sample, tmp_path):
         with pytest.warns(UserWarning, match="several candidates"):
             got = download_cryoppp(10389, cache_dir=tmp_path / "c", base_url=url, progress=False)
     assert got.name == "10389" and len(load_cryoppp(got / "10389B")) == 2
+
+
+# ---- properties ---------------------------------------------------------------------------------
+from hypothesis import given, settings, strategies as st
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.floats(0, 47), st.floats(0, 39), st.floats(1, 20)), min_size=0, max_size=12))
+def test_disc_labels_union_and_nearest(discs):
+    xy = np.array([d[:2] for d in discs], float).reshape(-1, 2)
+    diam = np.array([d[2] for d in discs], float)
+    sem, inst = disc_labels((40, 48), xy, diameter_px=diam if len(diam) else 1.0)
+    yy, xx = np.mgrid[:40, :48]
+    d2 = (xx[..., None] - xy[:, 0]) ** 2 + (yy[..., None] - xy[:, 1]) ** 2     # (H, W, n)
+    inside = d2 <= (diam / 2) ** 2
+    assert (sem.astype(bool) == inside.any(-1)).all()                        # semantic = union of discs
+    if len(xy):
+        d2m = np.where(inside, d2, np.inf)
+        lab = inst[sem > 0]
+        assert (d2m[sem > 0, lab - 1] == d2m[sem > 0].min(-1)).all()        # nearest covering centre
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(0, 2**31 - 1), st.sampled_from([2, 3, 4, 2.5, 3.3]), st.sampled_from(["fourier", "bin"]))
+def test_downsample_mask_area_majority(seed, factor, method):
+    if method == "bin" and factor != int(factor):
+        return
+    rng = np.random.default_rng(seed)
+    mask = (rng.random((60, 50)) < rng.uniform(0.05, 0.95)).astype(np.uint8)
+    _, m, _ = downsample(None, mask, factor=factor, method=method)
+    inst = np.where(mask > 0, 1 + (np.arange(mask.size).reshape(mask.shape) % 7), 0).astype(np.int32)
+    _, i, _ = downsample(None, inst, factor=factor, method=method)
+    assert m.dtype == np.uint8 and set(np.unique(m)) <= {0, 1}
+    assert ((i > 0) == (m > 0)).all()
+    if method == "bin":   # exact block means: compare with a direct computation
+        k = int(factor)
+        h, w = m.shape
+        frac = mask[:h * k, :w * k].reshape(h, k, w, k).mean(axis=(1, 3))
+        assert (m == (frac >= 0.5)).all()
