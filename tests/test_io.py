@@ -242,12 +242,13 @@ def test_coordinates_outside_image():
         check_coordinates(p, (5, 10), action="ignore")
 
 
-def test_multi_micrograph_tables_need_topaz_or_star(tmp_path):
+def test_multi_micrograph_tables(tmp_path):
+    "BOX holds one micrograph; CryoPPP CSV and Topaz keep the names of several."
     p = make_particles([1.0, 2.0], [1.0, 2.0], micrograph=["a", "b"])
-    for ext in ("box", "csv"):
-        with pytest.raises(ValueError, match="one file per micrograph"):
-            write_particles(tmp_path / f"p.{ext}", p, box_size_px=8 if ext == "box" else None)
-    assert read_particles(write_particles(tmp_path / "p.txt", p)).micrograph.tolist() == ["a", "b"]
+    with pytest.raises(ValueError, match="one file per micrograph"):
+        write_particles(tmp_path / "p.box", p, box_size_px=8)
+    for ext in ("txt", "csv", "star"):
+        assert read_particles(write_particles(tmp_path / f"p.{ext}", p)).micrograph.tolist() == ["a", "b"]
 
 
 def test_strip_uid():
@@ -435,8 +436,18 @@ def test_box_round_trip(tmp_path, df, box):
 def test_cryoppp_csv_round_trip(tmp_path, df):
     f = write_cryoppp_csv(tmp_path / "t.csv", df, overwrite=True)
     back = read_cryoppp_csv(f, micrograph=df.micrograph[0])
-    keep = [c for c in ("x", "y", "score", "diameter_px", "psi_deg", "rot_deg", "tilt_deg") if c in df]
+    keep = [c for c in df.columns if c not in ("particle_id", "rlnClassNumber")]
     pd.testing.assert_frame_equal(back[keep], df[keep], check_exact=True)
+
+
+@given(dfs=st.lists(tables(max_rows=3), min_size=2, max_size=3))
+@FUZZ
+def test_cryoppp_metadata_csv_round_trip(tmp_path, dfs):
+    df = pd.concat([d[["micrograph", "x", "y", "score"]].assign(micrograph=f"m{i}{d.micrograph[0]}")
+                    for i, d in enumerate(dfs)], ignore_index=True)
+    df = make_particles(df.x, df.y, score=df.score, micrograph=df.micrograph.tolist())
+    back = read_cryoppp_csv(write_cryoppp_csv(tmp_path / "t.csv", df, overwrite=True))
+    pd.testing.assert_frame_equal(back, df, check_exact=True)
 
 
 @given(dfs=st.lists(tables(max_rows=3), min_size=1, max_size=3))
