@@ -271,3 +271,81 @@ def test_demo_quick(capsys, tmp_path):
     rc, _, err = run(capsys, "demo", "--quick", "--out", out, "--quiet")
     assert_one_line_error(rc, err, "exists", "--force")
     assert (out / "report.md").read_text() == report
+
+
+# --- labels ------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def sim(tmp_path_factory):
+    "A tiny simulated dataset made through the CLI."
+    root = tmp_path_factory.mktemp("sim") / "sim"
+    rc = main(["simulate", "--out", str(root), "--n-micrographs", "2", "--set", "shape=[128, 128]",
+               "--set", "n_particles=4", "--quiet", "--seed", "3"])
+    assert rc == 0
+    return root
+
+
+def test_simulate_layout_and_config(sim):
+    for d in ("micrographs", "coordinates", "masks", "instances", "junk"):
+        assert len(list((sim / d).iterdir())) == 2, d
+    doc = json.loads((sim / "cryoseg-simulate.json").read_text())
+    assert doc["config"]["sim"]["shape"] == [128, 128] and doc["config"]["seed"] == 3
+    assert json.loads((sim / "simulation.json").read_text())["seed"] == 3
+
+
+def test_simulate_refuses_existing(capsys, sim):
+    rc, _, err = run(capsys, "simulate", "--out", sim, "--n-micrographs", "1")
+    assert_one_line_error(rc, err, "exists")
+
+
+def test_label_synthetic_disc_and_footprint(capsys, sim, tmp_path):
+    import numpy as np
+    from cryoseg.io import read_mask
+    from cryoseg.evaluate import pixel_metrics
+    for kind in ("disc", "footprint"):
+        rc, _, err = run(capsys, "label", "synthetic", "--data", sim, "--out", tmp_path / kind, "--kind", kind, "--quiet")
+        assert rc == 0, err
+        assert sorted(p.name for p in (tmp_path / kind / "micrographs").iterdir()) == ["mic_0000.mrc", "mic_0001.mrc"]
+    exact = [read_mask(sim / "masks" / f"mic_000{i}.mrc") for i in range(2)]
+    foot = [read_mask(tmp_path / "footprint" / "masks" / f"mic_000{i}.mrc") for i in range(2)]
+    disc = [read_mask(tmp_path / "disc" / "masks" / f"mic_000{i}.mrc") for i in range(2)]
+    assert all(np.array_equal(a, b) for a, b in zip(exact, foot))          # the simulator's own masks
+    iou = pixel_metrics(disc, exact)["iou"]
+    assert 0.3 < iou < 1.0, iou                                             # discs overlap footprints, not equal
+
+
+def test_label_reproject_matches_footprints(capsys, sim, tmp_path):
+    "Reprojecting the simulator's volume at the true poses reproduces its exact masks."
+    import mrcfile
+    import numpy as np
+    from cryoseg.simulate import SimConfig
+    from cryoseg.volumes import make_volume
+    from cryoseg.io import read_mask
+    from cryoseg.evaluate import pixel_metrics
+    c = SimConfig()
+    vol = make_volume(c.volume_kind, c.box_size, c.pixel_size_a, c.diameter_a, c.volume_seed)
+    with mrcfile.new(tmp_path / "vol.mrc") as m:
+        m.set_data(vol.astype(np.float32)); m.voxel_size = c.pixel_size_a
+    rc, _, err = run(capsys, "label", "reproject", "--data", sim, "--volume", tmp_path / "vol.mrc", "--out", tmp_path / "rp",
+                     "--threshold-frac", c.footprint_threshold_frac, "--quiet")
+    assert rc == 0, err
+    rp = [read_mask(tmp_path / "rp" / "masks" / f"mic_000{i}.mrc") for i in range(2)]
+    exact = [read_mask(sim / "masks" / f"mic_000{i}.mrc") for i in range(2)]
+    assert pixel_metrics(rp, exact)["iou"] > 0.9
+
+
+def test_label_cryoppp_sample(capsys, tmp_path):
+    from cryoseg.labels import make_cryoppp_sample
+    from cryoseg.io import read_micrograph, read_mask
+    root = make_cryoppp_sample(tmp_path / "ppp", n_micrographs=2, seed=0)
+    rc, _, err = run(capsys, "label", "cryoppp", "--data", root, "--out", tmp_path / "lab", "--bin", 2, "--quiet")
+    assert rc == 0, err
+    names = sorted(p.stem for p in (root / "micrographs").glob("*.mrc"))
+    for n in names:
+        img, _ = read_micrograph(root / "micrographs" / f"{n}.mrc")
+        small, _ = read_micrograph(tmp_path / "lab" / "micrographs" / f"{n}.mrc")
+        assert small.shape == (img.shape[0] // 2, img.shape[1] // 2)
+        m = read_mask(tmp_path / "lab" / "masks" / f"{n}.mrc")
+        assert m.shape == small.shape and 0 < m.mean() < 0.5
+    rc, _, err = run(capsys, "label", "cryoppp", "--data", tmp_path / "nope", "--out", tmp_path / "lab2")
+    assert_one_line_error(rc, err, "nope")
