@@ -620,3 +620,14 @@ def test_download_interrupted_then_resumed(site, tmp_path):
 def test_download_bad_url(tmp_path):
     with pytest.raises(ValueError, match="not an http"):
         download("data/f.bin", tmp_path / "f.bin", progress=False)
+
+
+def test_star_optics_validation(tmp_path):
+    p = make_particles([1.0], [2.0])
+    f = write_star(tmp_path / "a.star", p, optics=dict(voltage_kv=np.float32(300), cs_mm=None, pixel_size_a=1))
+    assert read_star(f).attrs["optics"] == {"voltage_kv": 300.0, "pixel_size_a": 1.0}
+    with pytest.raises(ValueError, match="unknown optics key 'defocus'"):
+        write_star(tmp_path / "b.star", p, optics=dict(defocus=1.0))
+    with pytest.raises(ValueError, match="must be a number or a string"):
+        write_star(tmp_path / "c.star", p, optics=dict(voltage_kv=[300]))
+    assert not (tmp_path / "b.star").exists() and not (tmp_path / "c.star").exists()
