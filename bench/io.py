@@ -8,6 +8,7 @@ Prints seconds per write/read (best of --repeat) and checks that each round trip
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import tempfile
 import time
@@ -17,6 +18,16 @@ import numpy as np
 import pandas as pd
 
 from cryoseg.io import make_particles, read_micrograph, read_particles, write_micrograph, write_particles
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((l.split(":", 1)[1].strip() for l in f if l.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} logical CPUs, python {platform.python_version()}"
 
 
 def best(f, repeat):
@@ -33,7 +44,7 @@ def main():
     ap.add_argument("--repeat", type=int, default=2)
     a = ap.parse_args()
     rng = np.random.default_rng(0)
-    print(f"machine: {platform.machine()} {platform.processor() or ''}, python {platform.python_version()}")
+    print(f"machine: {machine()}")
     with tempfile.TemporaryDirectory() as d:
         d = Path(d)
         img = rng.normal(size=(a.size, a.size)).astype(np.float32)
