@@ -1,0 +1,174 @@
+"""Training benchmarks for cryoseg (04_data, 05_models, 06_train). Not a test: prints a Markdown report.
+
+1. Time to target: wall time for the default U-Net (`TrainConfig()` defaults) to reach a validation pixel IoU
+   of `--target-iou` (0.85) on the default synthetic set (`SimConfig(snr=--snr)`, 256² micrographs,
+   `--n-train` for training and `--n-val` for validation), with the picking F1 of the final model.
+2. Throughput: training tiles/s (forward + backward + AdamW step, batch `--batch` of `--size`² crops) for each
+   model in `MODEL_NAMES`, on the CPU and on CUDA when present.
+
+    python bench/train.py                      # everything, CPU threads = all cores
+    python bench/train.py --threads 2 --skip-throughput
+    python bench/train.py --models unet lraspp_mobilenet_v3_large --steps 3
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+
+import numpy as np
+import pandas as pd
+import torch
+
+
+def machine(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)} (CUDA {torch.version.cuda})"
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip(); break
+    except OSError:
+        pass
+    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return f"{cpu}, {n} cores available, torch threads {torch.get_num_threads()}"
+
+
+class _Reached(Exception):
+    pass
+
+
+def time_to_target(args, device: torch.device) -> dict:
+    from cryoseg.simulate import SimConfig, simulate_micrograph
+    from cryoseg.train import TrainConfig, fit
+    from cryoseg.data import predict_tiled
+    from cryoseg.pick import pick_particles
+    from cryoseg.evaluate import picking_metrics
+    sim = SimConfig(snr=args.snr)
+    t0 = time.perf_counter()
+    res = [simulate_micrograph(cfg=sim, seed=s) for s in range(args.n_train + args.n_val)]
+    t_sim = time.perf_counter() - t0
+    tr, va = res[:args.n_train], res[args.n_train:]
+    cfg = TrainConfig(epochs=args.max_epochs if args.max_epochs else TrainConfig().epochs,
+                      device=str(device), progress=False)
+    log = []
+    t_start = time.perf_counter()
+
+    def cb(row):
+        log.append(dict(epoch=row["epoch"], wall_s=time.perf_counter() - t_start, val_iou=row["val_iou"]))
+        if args.stop_at_target and row["val_iou"] >= args.target_iou:
+            raise _Reached
+
+    try:
+        out = fit(cfg, ([r.image for r in tr], [r.mask for r in tr]), ([r.image for r in va], [r.mask for r in va]),
+                  callback=cb)
+        model = out["model"]
+    except _Reached:
+        out, model = None, None
+    wall = time.perf_counter() - t_start
+    hit = next((r for r in log if r["val_iou"] >= args.target_iou), None)
+    f1 = None
+    if model is not None:
+        diam = float(np.nanmedian(res[0].particles["diameter_px"])) if "diameter_px" in res[0].particles else 29.0
+        picks, truth = [], []
+        for i, r in enumerate(va):
+            p = predict_tiled(model, r.image, device=device)
+            picks.append(pick_particles(p, diameter_px=diam, micrograph=f"v{i}"))
+            t = r.particles.copy(); t["micrograph"] = f"v{i}"; truth.append(t)
+        f1 = picking_metrics(pd.concat(picks), pd.concat(truth), diameter_px=diam)["f1"]
+    return dict(device=machine(device), snr=args.snr, n_train=args.n_train, n_val=args.n_val, sim_s=round(t_sim, 1),
+                epochs_run=len(log), fit_wall_s=round(wall, 1), best_val_iou=round(max(r["val_iou"] for r in log), 3),
+                target_iou=args.target_iou, reached_at_epoch=None if hit is None else hit["epoch"] + 1,
+                reached_after_s=None if hit is None else round(hit["wall_s"], 1),
+                picking_f1=None if f1 is None else round(f1, 3), curve=log)
+
+
+def throughput(name: str, device: torch.device, batch: int, size: int, steps: int) -> dict:
+    from cryoseg.models import get_model, count_parameters
+    from cryoseg.train import seg_loss
+    torch.manual_seed(0)
+    model = get_model(name).to(device).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    x = torch.randn(batch, 1, size, size, device=device)
+    y = (torch.rand(batch, size, size, device=device) > 0.9).long()
+    amp = device.type == "cuda"
+    if amp:
+        model = model.to(memory_format=torch.channels_last); x = x.contiguous(memory_format=torch.channels_last)
+
+    def step():
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
+            logits = model(x)
+        loss = seg_loss(logits.float(), y)
+        opt.zero_grad(set_to_none=True); loss.backward(); opt.step()
+
+    step()                                            # warm-up
+    if device.type == "cuda": torch.cuda.synchronize()
+    t = time.perf_counter()
+    for _ in range(steps): step()
+    if device.type == "cuda": torch.cuda.synchronize()
+    dt = (time.perf_counter() - t) / steps
+    return dict(model=name, device=device.type, parameters=count_parameters(model), batch=batch, size=size,
+                step_s=round(dt, 3), tiles_per_s=round(batch / dt, 2))
+
+
+def main():
+    from cryoseg.models import MODEL_NAMES
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--threads", type=int, default=None, help="CPU threads (default: all available cores)")
+    ap.add_argument("--snr", type=float, default=0.05)
+    ap.add_argument("--n-train", type=int, default=6)
+    ap.add_argument("--n-val", type=int, default=2)
+    ap.add_argument("--target-iou", type=float, default=0.85)
+    ap.add_argument("--max-epochs", type=int, default=None, help="epochs of the run (default: TrainConfig's)")
+    ap.add_argument("--stop-at-target", action="store_true", help="stop as soon as the target IoU is reached")
+    ap.add_argument("--models", nargs="*", default=list(MODEL_NAMES))
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--size", type=int, default=256)
+    ap.add_argument("--steps", type=int, default=2, help="timed steps per model (after one warm-up)")
+    ap.add_argument("--skip-fit", action="store_true")
+    ap.add_argument("--skip-throughput", action="store_true")
+    ap.add_argument("--json", default=None, help="also write the results to this JSON file")
+    args = ap.parse_args()
+    from cryoseg.core import set_threads
+    set_threads(args.threads)
+    devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
+    results = dict(machine={d.type: machine(d) for d in devices}, torch=torch.__version__)
+    for d in devices:
+        print(f"- {d.type}: {results['machine'][d.type]}")
+    if not args.skip_fit:
+        results["time_to_target"] = []
+        for d in devices:
+            r = time_to_target(args, d)
+            results["time_to_target"].append(r)
+            curve = " ".join(f"{c['epoch'] + 1}:{c['val_iou']:.2f}@{c['wall_s']:.0f}s" for c in r["curve"])
+            print(f"\n### Default U-Net, {d.type}: val IoU ≥ {r['target_iou']} "
+                  + (f"after {r['reached_after_s']} s (epoch {r['reached_at_epoch']})" if r["reached_after_s"] is not None
+                     else f"not reached in {r['epochs_run']} epochs / {r['fit_wall_s']} s (best {r['best_val_iou']})")
+                  + f"; picking F1 of the best model {r['picking_f1']}; SNR {r['snr']}, {r['n_train']} train / "
+                  f"{r['n_val']} val micrographs 256²\n\nepoch:val IoU@wall: {curve}")
+    if not args.skip_throughput:
+        rows = []
+        for d in devices:
+            for name in args.models:
+                rows.append(throughput(name, d, args.batch, args.size, args.steps))
+                print(f"  {rows[-1]}", flush=True)
+        results["throughput"] = rows
+        print("\n### Training throughput (batch %d, %d² crops)\n" % (args.batch, args.size))
+        print(pd.DataFrame(rows).to_markdown(index=False) if _has_tabulate() else pd.DataFrame(rows).to_string(index=False))
+    if args.json:
+        with open(args.json, "w") as f: json.dump(results, f, indent=1)
+
+
+def _has_tabulate() -> bool:
+    try:
+        import tabulate  # noqa: F401
+        return True
+    except ImportError:
+        return False
+
+
+if __name__ == "__main__":
+    main()
