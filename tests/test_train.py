@@ -281,3 +281,13 @@ def test_ddp_two_processes_gloo(tmp_path):
     assert abs(out[0]["wsum"] - out[1]["wsum"]) < 1e-4              # DDP kept the replicas identical
     ck = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
     assert ck["epoch"] == 0
+
+
+def test_fit_same_with_workers(tmp_path, data):
+    "DataLoader worker processes change nothing: crops are seeded per (seed, epoch, index)."
+    imgs, masks = data
+    tr, va = (imgs[:2], masks[:2]), (imgs[3:], masks[3:])
+    a = fit(_cfg(tmp_path / "w0", epochs=2), tr, va)
+    b = fit(_cfg(tmp_path / "w2", epochs=2, num_workers=2), tr, va)
+    for k, v in a["model"].state_dict().items():
+        assert torch.equal(v, b["model"].state_dict()[k]), k
