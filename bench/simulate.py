@@ -36,17 +36,18 @@ def machine() -> str:
             f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}, {gpu}, Python {platform.python_version()}")
 
 
-def bench(cfg: SimConfig, volume: np.ndarray, device: str, repeat: int) -> float:
-    "Median seconds per micrograph over `repeat` calls after one warm-up."
+def bench(cfg: SimConfig, volume: np.ndarray, device: str, repeat: int) -> tuple[float, float]:
+    """Median wall seconds and median process CPU seconds per micrograph over `repeat` calls after one
+    warm-up (CPU seconds, summed over threads, are what a busy shared machine does not inflate)."""
     simulate_micrograph(volume, cfg, seed=0, device=device)
-    ts = []
+    ts, cs = [], []
     for i in range(repeat):
         if device.startswith("cuda"): torch.cuda.synchronize()
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         simulate_micrograph(volume, cfg, seed=i + 1, device=device)
         if device.startswith("cuda"): torch.cuda.synchronize()
-        ts.append(time.perf_counter() - t)
-    return float(np.median(ts))
+        ts.append(time.perf_counter() - t); cs.append(time.process_time() - c)
+    return float(np.median(ts)), float(np.median(cs))
 
 
 def main():
@@ -62,6 +63,8 @@ def main():
     if args.threads:
         torch.set_num_threads(args.threads)
     print(machine())
+    if hasattr(os, "getloadavg"):
+        print(f"load average before: {os.getloadavg()[0]:.1f}")
     vol = make_volume("globular", box_size=args.box, pixel_size_a=args.pixel_size, seed=0)
     base = dict(shape=(args.size, args.size), pixel_size_a=args.pixel_size, box_size=args.box,
                 n_particles=args.particles)
@@ -72,8 +75,8 @@ def main():
     print(f"{args.size}² micrograph, {args.particles} particles, box {args.box}, {args.pixel_size} Å/px")
     for dev in devices:
         for name, cfg in cfgs.items():
-            s = bench(cfg, vol, dev, args.repeat)
-            print(f"  {dev:5s} {name:26s} {s:7.3f} s/micrograph  {1 / s:7.2f} micrographs/s")
+            s, c = bench(cfg, vol, dev, args.repeat)
+            print(f"  {dev:5s} {name:26s} {s:7.3f} s/micrograph  {1 / s:7.2f} micrographs/s   (CPU time {c:.2f} s)")
 
 
 if __name__ == "__main__":
