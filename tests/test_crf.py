@@ -9,8 +9,8 @@ from cryoseg.crf import (CRFParams, crf_bruteforce, crf_pydensecrf, crf_torch, c
                          crf_mean_field, crf_feature_image, _toy_problem)
 
 # Tolerances we promise (measured on 24x24 toys, 5 iterations, the parameter sets below, seeds 0-3):
-#   torch (bilateral grid, 2 cells/σ): labels agree >= 99% of pixels, max |ΔQ| < 0.03, mean |ΔQ| < 0.002
-#     (measured: agreement >= 99.8%, max 0.027, mean <= 0.001)
+#   torch (bilateral grid, default 1.5 cells/σ): labels agree >= 99% of pixels, max |ΔQ| < 0.1, mean |ΔQ| < 0.005
+#     (measured: agreement >= 99.6%, max 0.063, mean <= 0.0027); with 3 cells/σ: max |ΔQ| < 0.03
 #   pydensecrf (permutohedral lattice): labels agree >= 99% of pixels for typical kernels (sets 0, 1, 3);
 #     for set 2 (θα = half the image, no smoothness term, weak unary) the lattice reaches only 97.7-98.8%,
 #     so there we require >= 97% overall and >= 99% on pixels where the reference is decided
@@ -36,7 +36,9 @@ def test_agrees_with_reference(method, pi, seed):
     d = np.abs(out - ref)
     if method == "torch":
         assert agree.mean() >= 0.99
-        assert d.max() < 0.03 and d.mean() < 0.002
+        assert d.max() < 0.1 and d.mean() < 0.005
+        fine = np.abs(crf_torch(prob, img, replace(par, grid_cells_per_sigma=3.0)) - ref)
+        assert fine.max() < 0.03 and fine.mean() <= d.mean() + 1e-4     # a finer grid converges to the reference
     else:
         if pi == 2:
             assert agree.mean() >= 0.97
@@ -58,7 +60,7 @@ def test_three_labels_and_general_compat(method):
     out = dense_crf(p, img, par, method=method)
     assert out.shape == (3, H, W)
     assert (out.argmax(0) == ref.argmax(0)).mean() >= 0.99
-    assert np.abs(out - ref).max() < (0.03 if method == "torch" else 0.5)
+    assert np.abs(out - ref).max() < (0.1 if method == "torch" else 0.5)
 
 
 @pytest.mark.parametrize("method", ["torch", "pydensecrf", "bruteforce"])
