@@ -186,3 +186,14 @@ def test_bad_params_and_method():
         CRFParams(s_intensity=-1)
     with pytest.raises(ValueError, match="but prob has 2 labels"):
         dense_crf(prob, img, CRFParams(compat=np.zeros((3, 3))))
+
+
+def test_cpu_blocking_matches_one_piece(monkeypatch):
+    "The cache-blocked CPU filtering gives the same result as filtering in one piece (the CUDA code path)."
+    import cryoseg.crf as crf
+    prob, img, _ = _toy_problem(100, seed=10)
+    par = replace(PARAMS[0], sxy_bilateral_px=6)
+    one_piece = crf_torch(prob, img, par)                 # 100 x 100 < one block
+    monkeypatch.setattr(crf, "CPU_CHUNK_PX", 700)         # blocks of 7 rows, halos of 15 rows
+    blocked = crf_torch(prob, img, par)
+    np.testing.assert_allclose(blocked, one_piece, atol=2e-6)
