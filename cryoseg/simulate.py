@@ -74,12 +74,16 @@ def _volume_key(vol: np.ndarray) -> str:
 
 
 def _volume_dft(volume: np.ndarray, device: torch.device, pad_factor: float = 2.0, key: str | None = None):
-    "Padded, sinc²-corrected, centred rfft of a cubic volume as torch-fourier-slice's `project_3d_to_2d` makes it (cached)."
+    """The 3D DFT of a cubic volume prepared as torch-fourier-slice's `project_3d_to_2d` prepares it (edge value
+    subtracted, zero-padded `pad_factor`×, divided by sinc² to undo trilinear interpolation, centred rfft),
+    stored as real/imaginary channels `(1, 2, N, N, N//2+1)` for `grid_sample`. Cached (one volume at a
+    time), so every particle of a dataset shares one 3D FFT."""
     from torch_fourier_slice.volume_utils import compute_cube_face_averages, separable_sinc2_correction
     vol = np.ascontiguousarray(volume, dtype=np.float32)
     key = (key or _volume_key(vol), vol.shape, str(device), pad_factor)
     if key in _DFT_CACHE:
         return _DFT_CACHE[key]
+    _DFT_CACHE.clear()                                       # keep one volume: memory stays bounded
     v = torch.from_numpy(vol).to(device)
     d = v.shape[-1]
     edge = compute_cube_face_averages(v, n=4)
@@ -89,8 +93,8 @@ def _volume_dft(volume: np.ndarray, device: torch.device, pad_factor: float = 2.
     v = v / separable_sinc2_correction(tuple(v.shape), device=v.device)
     dft = torch.fft.rfftn(torch.fft.ifftshift(v, dim=(-3, -2, -1)), dim=(-3, -2, -1))
     dft = torch.fft.fftshift(dft, dim=(-3, -2))
-    out = (dft, float(edge), p, tuple(v.shape), d)
-    _DFT_CACHE.clear()                                       # keep one volume: memory stays bounded
+    chans = torch.view_as_real(dft).permute(3, 0, 1, 2).contiguous()[None]
+    out = (chans, float(edge), p, v.shape[-1], d)
     _DFT_CACHE[key] = out
     return out
 
@@ -98,7 +102,7 @@ def _volume_dft(volume: np.ndarray, device: torch.device, pad_factor: float = 2.
 def project(volume: np.ndarray, rotations: np.ndarray, device=None, batch_size: int = 64) -> np.ndarray:
     """CTF-free projections `(n, D, D)` float32 of a cubic `volume` `(D, D, D)` `[z, y, x]` for RELION rotation
     matrices `rotations` `(n, 3, 3)` (from `euler_to_matrix` or `random_rotations`):
-    `p(x, y) = ∫ V(Rᵀ (x, y, z)) dz`, computed as central slices of the volume's 3D DFT (torch-fourier-slice)."""
+    `p(x, y) = ∫ V(Rᵀ (x, y, z)) dz`, centred on pixel `D // 2`, by the Fourier-slice theorem (see above)."""
     vol = np.asarray(volume)
     if vol.ndim != 3 or len(set(vol.shape)) != 1:
         raise ValueError(f"expected a cubic volume (D, D, D), got shape {vol.shape}")
@@ -111,21 +115,32 @@ def project(volume: np.ndarray, rotations: np.ndarray, device=None, batch_size: 
 
 
 def _project_torch(vol, R, dev, batch_size=64, key: str | None = None) -> torch.Tensor:
-    from torch_fourier_slice import extract_central_slices_rfft_3d
-    dft, edge, p, padded, d = _volume_dft(vol, dev, key=key)
-    out = []
-    # torch-fourier-slice samples the volume at M (x, y, 0) with M left-multiplying xyz: M = Rᵀ
-    Rt = torch.as_tensor(R.transpose(0, 2, 1), dtype=torch.float32, device=dev)
-    for i in range(0, len(R), batch_size):
-        sl = extract_central_slices_rfft_3d(volume_rfft=dft, rotation_matrices=Rt[i:i + batch_size])
-        sl = torch.fft.ifftshift(sl, dim=(-2,))
-        img = torch.fft.irfftn(sl, dim=(-2, -1), s=padded[-2:])
-        img = torch.fft.fftshift(img, dim=(-2, -1))
-        if p > 0:
-            img = img[..., p:p + d, p:p + d]
-        out.append(img + edge * d)
-    if not out:
+    """Central slices of the prepared DFT: for every frequency `k = (kx, ky)` of the padded N×N slice, sample
+    (trilinear, `grid_sample`) the 3D DFT at `M (kx, ky, 0)` with `M = Rᵀ`, taking `conj F(-k')` where
+    `k'` falls in the half the rfft does not store; inverse 2D FFT, crop the central D×D, add the edge back."""
+    chans, edge, p, N, d = _volume_dft(vol, dev, key=key)
+    if len(R) == 0:
         return torch.zeros((0, d, d), device=dev)
+    ky = torch.fft.fftshift(torch.fft.fftfreq(N, device=dev))            # cycles per voxel, centred
+    kx = torch.fft.rfftfreq(N, device=dev)
+    M = torch.as_tensor(R.transpose(0, 2, 1), dtype=torch.float32, device=dev)
+    out = []
+    for i in range(0, len(R), batch_size):
+        Mb = M[i:i + batch_size]
+        k = kx[None, None, :, None] * Mb[:, None, None, :, 0] + ky[None, :, None, None] * Mb[:, None, None, :, 1]
+        conj = k[..., 0] < 0                       # Friedel: F(-k) = conj F(k); the rfft stores kx >= 0
+        k = torch.where(conj[..., None], -k, k)
+        # fftfreq → index in the centred rfft array (x from 0, y and z centred on N//2) → [-1, 1]
+        ix = k[..., 0] * (2 * N / (N // 2)) - 1
+        iy = (k[..., 1] * N + N // 2) * (2 / (N - 1)) - 1
+        iz = (k[..., 2] * N + N // 2) * (2 / (N - 1)) - 1
+        grid = torch.stack([ix, iy, iz], -1)[None]                             # (1, b, N, N//2+1, xyz)
+        smp = torch.nn.functional.grid_sample(chans, grid, mode="bilinear", padding_mode="zeros",
+                                              align_corners=True)[0]          # (2, b, N, N//2+1)
+        sl = torch.complex(smp[0], torch.where(conj, -smp[1], smp[1]))
+        img = torch.fft.irfftn(torch.fft.ifftshift(sl, dim=(-2,)), dim=(-2, -1), s=(N, N))
+        img = torch.fft.fftshift(img, dim=(-2, -1))[..., p:p + d, p:p + d]
+        out.append(img + edge * d)
     return torch.cat(out).float()
 
 
