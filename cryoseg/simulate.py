@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -244,6 +245,12 @@ def _ctf_fast(shape, pixel_size_a, defocus_u_um, defocus_v_um, astigmatism_angle
     return c
 
 
+@functools.lru_cache(maxsize=2)
+def _ctf_cached(shape, pixel_size_a, device, ctf_items) -> torch.Tensor:
+    "`_ctf_fast` memoised: the particles and the carbon/ice/junk of one micrograph share one CTF grid."
+    return _ctf_fast(shape, pixel_size_a, device=device, **dict(ctf_items))
+
+
 def _apply_ctf_torch(img: torch.Tensor, pixel_size_a, pad_px, pad_mode: str = "constant", **ctf) -> torch.Tensor:
     H, W = img.shape[-2:]
     Hp, Wp = next_fast_len(H + 2 * pad_px, real=True), next_fast_len(W + 2 * pad_px, real=True)
@@ -254,7 +261,7 @@ def _apply_ctf_torch(img: torch.Tensor, pixel_size_a, pad_px, pad_mode: str = "c
     else:       # "replicate": objects that run off the image (carbon, ice) continue beyond it
         big = torch.nn.functional.pad(img[None, None], (left, Wp - W - left, top, Hp - H - top), mode=pad_mode)[0, 0]
     F = torch.fft.rfft2(big)
-    F *= _ctf_fast((Hp, Wp), pixel_size_a, device=img.device, **ctf)
+    F *= _ctf_cached((Hp, Wp), float(pixel_size_a), str(img.device), tuple(sorted(ctf.items())))
     out = torch.fft.irfft2(F, s=(Hp, Wp))
     return out[top:top + H, left:left + W].contiguous()
 
