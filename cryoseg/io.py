@@ -187,6 +187,9 @@ def _write_mrc(path: Path, data: np.ndarray, pixel_size_a: float | None, overwri
             m.set_data(np.ascontiguousarray(data))
             if pixel_size_a is not None:
                 m.voxel_size = float(pixel_size_a)
+            # mrcfile stamps the creation time into label 0; a fixed label keeps output byte-reproducible
+            m.header.label[0] = b"cryoseg"
+            m.header.nlabl = 1
     return path
 
 

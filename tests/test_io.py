@@ -631,3 +631,17 @@ def test_star_optics_validation(tmp_path):
     with pytest.raises(ValueError, match="must be a number or a string"):
         write_star(tmp_path / "c.star", p, optics=dict(voltage_kv=[300]))
     assert not (tmp_path / "b.star").exists() and not (tmp_path / "c.star").exists()
+
+
+def test_mrc_bytes_reproducible(tmp_path):
+    "Writing the same array twice gives the same bytes (no timestamp in the MRC header labels)."
+    import time
+    from cryoseg.io import write_micrograph, write_mask
+    a = np.arange(64, dtype=np.float32).reshape(8, 8)
+    write_micrograph(tmp_path / "a.mrc", a, 1.5)
+    time.sleep(1.1)
+    write_micrograph(tmp_path / "b.mrc", a, 1.5)
+    assert (tmp_path / "a.mrc").read_bytes() == (tmp_path / "b.mrc").read_bytes()
+    m = (a > 30).astype(np.uint8)
+    write_mask(tmp_path / "m1.mrc", m); time.sleep(1.1); write_mask(tmp_path / "m2.mrc", m)
+    assert (tmp_path / "m1.mrc").read_bytes() == (tmp_path / "m2.mrc").read_bytes()
