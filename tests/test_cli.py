@@ -349,3 +349,23 @@ def test_label_cryoppp_sample(capsys, tmp_path):
         assert m.shape == small.shape and 0 < m.mean() < 0.5
     rc, _, err = run(capsys, "label", "cryoppp", "--data", tmp_path / "nope", "--out", tmp_path / "lab2")
     assert_one_line_error(rc, err, "nope")
+
+
+def test_train_under_torchrun_two_cpu_processes(sim, tmp_path):
+    "`torchrun --nproc_per_node 2 -m cryoseg.cli train ...` trains with DDP (gloo on CPU); rank 0 writes."
+    import shutil as sh
+    torchrun = sh.which("torchrun")
+    if torchrun is None:
+        pytest.skip("torchrun not on PATH")
+    lab = tmp_path / "lab"
+    assert main(["label", "synthetic", "--data", str(sim), "--out", str(lab), "--kind", "footprint", "--quiet"]) == 0
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    r = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", "29533", "-m", "cryoseg.cli", "train",
+                        "--data", str(lab), "--out", str(tmp_path / "model"), "--device", "cpu", "--epochs", "1",
+                        "--set", "samples_per_epoch=8", "--set", "crop_size=32", "--set", "batch_size=2",
+                        "--set", 'model_kwargs={"depth": 2, "width": 4}', "--quiet"],
+                       capture_output=True, text=True, timeout=600, env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert (tmp_path / "model" / "best.pt").exists()
+    doc = json.loads((tmp_path / "model" / "cryoseg-train.json").read_text())
+    assert doc["config"]["train"]["epochs"] == 1
