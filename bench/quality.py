@@ -100,7 +100,8 @@ def run_baselines(te, diameter, volume) -> list[dict]:
             dict(method="template matching (true volume, 24 views)", **score(tm, truth, names, diameter))]
 
 
-def run_topaz(topaz: str, tr_root: Path, te_root: Path, tr, te, diameter, epochs: int, work: Path) -> list[dict]:
+def run_topaz(topaz: str, tr_root: Path, te_root: Path, tr, te, diameter, epochs: int, work: Path,
+              epoch_size: int = 1000) -> list[dict]:
     """Topaz through its own CLI: `topaz train` on the training micrographs and true coordinates, then
     `topaz extract` on the test micrographs; picks scored with cryoseg's rule at Topaz's default
     threshold (score >= 0) and as AP over its scores."""
@@ -114,7 +115,8 @@ def run_topaz(topaz: str, tr_root: Path, te_root: Path, tr, te, diameter, epochs
     n_per = max(int(len(truth) / max(len(fd.names), 1)), 1)
     cmd = [topaz, "train", "-n", str(n_per), "--num-workers", "0", "--train-images", str(tr_root / "micrographs"),
            "--train-targets", str(work / "train_targets.txt"), "--radius", str(radius), "--num-epochs", str(epochs),
-           "--save-prefix", str(work / "model"), "-o", str(work / "train_log.txt"), "--device", "-1"]
+           "--epoch-size", str(epoch_size), "--save-prefix", str(work / "model"), "-o", str(work / "train_log.txt"),
+           "--device", "-1"]
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True, capture_output=True, text=True)
     t_train = time.perf_counter() - t0
@@ -151,6 +153,7 @@ def main():
     ap.add_argument("--models", default="unet", help="comma-separated: unet, fcn_resnet50, deeplabv3_resnet50")
     ap.add_argument("--topaz-bin", default=shutil.which("topaz"), help="the topaz executable (default: on PATH)")
     ap.add_argument("--topaz-epochs", type=int, default=10)
+    ap.add_argument("--topaz-epoch-size", type=int, default=1000, help="Topaz minibatches per epoch (its default 1000)")
     ap.add_argument("--quick", action="store_true", help="256² micrographs, SNR 0.1 and 0.05, few epochs")
     ap.add_argument("--device", default=None); ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--seed", type=int, default=0); ap.add_argument("--out", default=None, help="markdown snippet path")
@@ -158,6 +161,7 @@ def main():
     a = ap.parse_args()
     if a.quick:
         a.size, a.snrs, a.n_train, a.n_val, a.n_test, a.epochs = 256, "0.1,0.05", 6, 1, 3, 8
+        a.topaz_epochs, a.topaz_epoch_size = 5, 200
     if a.threads: torch.set_num_threads(a.threads)
     from cryoseg.core import get_device
     from cryoseg.simulate import SimConfig
@@ -188,7 +192,7 @@ def main():
             if a.topaz_bin:
                 try:
                     found += run_topaz(a.topaz_bin, roots["train"], roots["test"], tr, te, diameter, a.topaz_epochs,
-                                       work / tag / "topaz")
+                                       work / tag / "topaz", a.topaz_epoch_size)
                 except (subprocess.CalledProcessError, OSError, IndexError) as e:
                     msg = getattr(e, "stderr", "") or str(e)
                     print(f"Topaz failed at SNR {snr}: {msg.strip().splitlines()[-1] if msg.strip() else e}", flush=True)
