@@ -11,28 +11,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import time
 
 import numpy as np
 import torch
 
 from cryoseg.crf import CRFParams, crf_tiled, dense_crf
-
-
-def machine() -> str:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip(); break
-    except OSError:
-        pass
-    ncpu = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return (f"{cpu}, {ncpu} usable cores, torch {torch.__version__} ({torch.get_num_threads()} threads), "
-            f"{gpu}, Python {platform.python_version()}")
+from cryoseg.core import describe_machine
 
 
 def problem(size: int, diameter_px: float = 40.0, seed: int = 0):
@@ -75,7 +60,7 @@ def main(argv=None):
     if args.threads:
         torch.set_num_threads(args.threads)
     par = CRFParams(n_iter=5)
-    print("machine:", machine())
+    print("machine:", describe_machine())
     print("params:", par)
     print("pydensecrf2 runs single-threaded; torch CPU uses", torch.get_num_threads(), "thread(s)")
     rows = []

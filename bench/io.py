@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -18,16 +17,7 @@ import numpy as np
 import pandas as pd
 
 from cryoseg.io import make_particles, read_micrograph, read_particles, write_micrograph, write_particles
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((l.split(":", 1)[1].strip() for l in f if l.startswith("model name")), cpu)
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} logical CPUs, python {platform.python_version()}"
+from cryoseg.core import describe_machine
 
 
 def best(f, repeat):
@@ -44,7 +34,7 @@ def main():
     ap.add_argument("--repeat", type=int, default=2)
     a = ap.parse_args()
     rng = np.random.default_rng(0)
-    print(f"machine: {machine()}")
+    print(f"machine: {describe_machine()}")
     with tempfile.TemporaryDirectory() as d:
         d = Path(d)
         img = rng.normal(size=(a.size, a.size)).astype(np.float32)

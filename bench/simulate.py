@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import time
 
 import numpy as np
@@ -19,21 +18,7 @@ import torch
 
 from cryoseg.simulate import SimConfig, simulate_micrograph
 from cryoseg.volumes import make_volume
-
-
-def machine() -> str:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip(); break
-    except OSError:
-        pass
-    ncpu = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return (f"{cpu}, {ncpu} usable cores, torch {torch.__version__} ({torch.get_num_threads()} threads), "
-            f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}, {gpu}, Python {platform.python_version()}")
+from cryoseg.core import describe_machine
 
 
 def bench(cfg: SimConfig, volume: np.ndarray, device: str, repeat: int) -> tuple[float, float]:
@@ -62,7 +47,7 @@ def main():
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(machine())
+    print(describe_machine())
     if hasattr(os, "getloadavg"):
         print(f"load average before: {os.getloadavg()[0]:.1f}")
     vol = make_volume("globular", box_size=args.box, pixel_size_a=args.pixel_size, seed=0)

@@ -15,26 +15,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import time
 
 import numpy as np
 import pandas as pd
 import torch
-
-
-def machine(device: torch.device) -> str:
-    if device.type == "cuda":
-        return f"{torch.cuda.get_device_name(device)} (CUDA {torch.version.cuda})"
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip(); break
-    except OSError:
-        pass
-    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return f"{cpu}, {n} cores available, torch threads {torch.get_num_threads()}"
+from cryoseg.core import describe_machine
 
 
 class _Reached(Exception):
@@ -79,7 +65,7 @@ def time_to_target(args, device: torch.device) -> dict:
             picks.append(pick_particles(p, diameter_px=diam, micrograph=f"v{i}"))
             t = r.particles.copy(); t["micrograph"] = f"v{i}"; truth.append(t)
         f1 = picking_metrics(pd.concat(picks), pd.concat(truth), diameter_px=diam)["f1"]
-    return dict(device=machine(device), snr=args.snr, n_train=args.n_train, n_val=args.n_val, sim_s=round(t_sim, 1),
+    return dict(device=describe_machine(device), snr=args.snr, n_train=args.n_train, n_val=args.n_val, sim_s=round(t_sim, 1),
                 epochs_run=len(log), fit_wall_s=round(wall, 1), best_val_iou=round(max(r["val_iou"] for r in log), 3),
                 target_iou=args.target_iou, reached_at_epoch=None if hit is None else hit["epoch"] + 1,
                 reached_after_s=None if hit is None else round(hit["wall_s"], 1),
@@ -135,7 +121,7 @@ def main():
     from cryoseg.core import set_threads
     set_threads(args.threads)
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
-    results = dict(machine={d.type: machine(d) for d in devices}, torch=torch.__version__)
+    results = dict(machine={d.type: describe_machine(d) for d in devices}, torch=torch.__version__)
     for d in devices:
         print(f"- {d.type}: {results['machine'][d.type]}")
     if not args.skip_fit:
