@@ -135,7 +135,7 @@ def run_topaz(topaz: str, tr_root: Path, te_root: Path, tr, te, diameter, epochs
 
 def markdown_table(df: pd.DataFrame) -> str:
     "A markdown table of `df` (floats to 3 decimals), without the optional `tabulate` package."
-    fmt = lambda v: f"{v:.3f}" if isinstance(v, float) else str(v)
+    fmt = lambda v: ("–" if v != v else f"{v:.3f}") if isinstance(v, float) else str(v)
     lines = ["| " + " | ".join(df.columns) + " |", "|" + "|".join(["---"] * len(df.columns)) + "|"]
     lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in df.itertuples(index=False)]
     return "\n".join(lines)
