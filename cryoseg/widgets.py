@@ -31,6 +31,10 @@ def _redraw(out: widgets.Output, draw) -> None:
 
 
 def _box(children, controls: dict, refresh, view_holder: dict) -> widgets.VBox:
+    "Wire every control to `refresh` (on a value change), draw once, and stack `children` in the returned box."
+    for c in controls.values():
+        c.observe(refresh, names="value")
+    refresh()
     box = widgets.VBox(children)
     box.controls, box.refresh = controls, refresh
     box._view = view_holder
@@ -140,9 +144,6 @@ def micrograph_browser(images, picks: pd.DataFrame | None = None, truth: pd.Data
             return fig
         _redraw(out, draw)
 
-    for c in controls.values():
-        c.observe(refresh, names="value")
-    refresh()
     return _box([widgets.HBox(list(controls.values())), summary, out], controls, refresh, state)
 
 # %% ../nbs/10_widgets.ipynb #d0e3b92d
@@ -208,9 +209,6 @@ def crf_widget(prob: np.ndarray, img: np.ndarray, target: np.ndarray | None = No
             return fig
         _redraw(out, draw)
 
-    for c in controls.values():
-        c.observe(refresh, names="value")
-    refresh()
     return _box([widgets.HBox([widgets.VBox(list(controls.values())[:3]), widgets.VBox(list(controls.values())[3:])]),
                  summary, out], controls, refresh, state)
 
@@ -273,9 +271,6 @@ def simulation_widget(cfg=None, volume: np.ndarray | None = None, seed: int = 0,
             return fig
         _redraw(out, draw)
 
-    for c in controls.values():
-        c.observe(refresh, names="value")
-    refresh()
     return _box([widgets.HBox([widgets.VBox([controls["defocus_um"], controls["snr"]]),
                                widgets.VBox([controls["dose_e_a2"], controls["noise"]])]), summary, out],
                 controls, refresh, state)
