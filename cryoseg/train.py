@@ -86,6 +86,8 @@ class TrainConfig:
     device: str | None = None                   # None: CUDA when present
     seed: int = 0
     num_workers: int = 0                        # DataLoader worker processes
+    init_checkpoint: str | None = None          # start from the model weights of this `fit` checkpoint, e.g. to
+                                                # fine-tune; optimizer/scheduler start afresh; model name/kwargs must match
     resume: bool = False                        # continue from out_dir/last.pt
     overwrite: bool = False                     # allow starting afresh in an out_dir holding checkpoints
     progress: bool = True                       # tqdm bars
@@ -104,6 +106,7 @@ class TrainConfig:
             if len(self.class_weights) != 2:
                 raise ValueError(f"class_weights must be (background, particle), got {self.class_weights}")
         if self.out_dir is not None: self.out_dir = str(self.out_dir)
+        if self.init_checkpoint is not None: self.init_checkpoint = str(self.init_checkpoint)
         self.model_kwargs = dict(self.model_kwargs)
 
     def loss_kwargs(self) -> dict:
@@ -274,13 +277,29 @@ def load_checkpoint(path: str | Path, device: str | torch.device | None = None,
         what = f"{name}({kw})"
     else:
         what = f"the given {type(_unwrap(model)).__name__}"
+    _load_weights(model, ckpt, path, what)
+    model.to(get_device(device)).eval()
+    return model, ckpt
+
+
+def _load_weights(model: nn.Module, ckpt: dict, path: Path, what: str) -> None:
+    "Load `ckpt['model']` into `model`; a `ValueError` naming `path` when the weights do not fit."
     try:
         _unwrap(model).load_state_dict(ckpt["model"])
     except RuntimeError as e:
+        name, kw = ckpt.get("model_name"), dict(ckpt.get("model_kwargs") or {})
         raise ValueError(f"{path}: checkpoint from another model: its weights ({name} {kw}) do not fit {what} "
                          f"({str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else e})") from None
-    model.to(get_device(device)).eval()
-    return model, ckpt
+
+
+def _init_weights(model: nn.Module, cfg: TrainConfig) -> None:
+    "Load the weights of `cfg.init_checkpoint` into the fresh `cfg.model` network `model` (fine-tuning)."
+    path = Path(cfg.init_checkpoint)
+    ckpt = _read_checkpoint(path)
+    name = ckpt.get("model_name")
+    if name != cfg.model:
+        raise ValueError(f"{path}: init_checkpoint holds a {name!r} model, but this run trains {cfg.model!r}")
+    _load_weights(model, ckpt, path, f"this run's {cfg.model}({cfg.model_kwargs})")
 
 # %% ../nbs/06_train.ipynb #815c19a1
 class _ShardSampler(Sampler):
@@ -363,6 +382,9 @@ def fit(cfg: TrainConfig | None = None,
     try:
         set_seed(cfg.seed)
         model = get_model(cfg.model, **cfg.model_kwargs).to(device)
+        resuming = cfg.resume and (out / "last.pt").exists()
+        if cfg.init_checkpoint and not resuming:      # a resumed run has its own weights in last.pt
+            _init_weights(model, cfg)
         if cfg.channels_last and device.type == "cuda": model = model.to(memory_format=torch.channels_last)
         ddp = None
         if world > 1:
@@ -385,10 +407,10 @@ def fit(cfg: TrainConfig | None = None,
         history, best_iou, best_epoch, bad, start = [], -1.0, -1, 0, 0
         best_state = None
         if out is not None and main: out.mkdir(parents=True, exist_ok=True)
-        if cfg.resume and (out / "last.pt").exists():
+        if resuming:
             ck = _read_checkpoint(out / "last.pt", map_location=device)
             old = ck["cfg"]
-            for k in ("model", "model_kwargs", "epochs", "batch_size", "schedule", "lr", "seed"):
+            for k in ("model", "model_kwargs", "init_checkpoint", "epochs", "batch_size", "schedule", "lr", "seed"):
                 if old.get(k) != getattr(cfg, k):
                     raise ValueError(f"{out / 'last.pt'}: cannot resume, {k} was {old.get(k)!r} and is now {getattr(cfg, k)!r}")
             model.load_state_dict(ck["model"]); optimizer.load_state_dict(ck["optimizer"])

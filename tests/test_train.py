@@ -291,3 +291,26 @@ def test_fit_same_with_workers(tmp_path, data):
     b = fit(_cfg(tmp_path / "w2", epochs=2, num_workers=2), tr, va)
     for k, v in a["model"].state_dict().items():
         assert torch.equal(v, b["model"].state_dict()[k]), k
+
+
+def test_fit_init_checkpoint(tmp_path, data):
+    "Fine-tuning: `init_checkpoint` loads the weights of a `fit` checkpoint; bad files are clear errors."
+    imgs, masks = data
+    tr = (imgs[:2], masks[:2])
+    fit(_cfg(tmp_path / "pre", epochs=1), tr)
+    ck = tmp_path / "pre" / "best.pt"
+    # a vanishing learning rate: the run's parameters are the checkpoint's
+    res = fit(_cfg(None, out_dir=None, epochs=1, lr=1e-12, schedule="constant", init_checkpoint=ck), tr)
+    ref, _ = load_checkpoint(ck)
+    ref_p = dict(ref.named_parameters())
+    for k, v in res["model"].named_parameters():
+        assert torch.allclose(v, ref_p[k], atol=1e-6), k
+    with pytest.raises(FileNotFoundError, match="missing.pt: checkpoint not found"):
+        fit(_cfg(None, out_dir=None, epochs=1, init_checkpoint=tmp_path / "missing.pt"), tr)
+    with pytest.raises(ValueError, match=r"best.pt: init_checkpoint holds a 'unet' model, but this run trains 'lraspp"):
+        fit(_cfg(None, out_dir=None, epochs=1, model="lraspp_mobilenet_v3_large", model_kwargs={}, init_checkpoint=ck), tr)
+    with pytest.raises(ValueError, match="best.pt: checkpoint from another model"):
+        fit(_cfg(None, out_dir=None, epochs=1, model_kwargs=dict(depth=3, width=4), init_checkpoint=ck), tr)
+    torch.save({"state": 1}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="other.pt: not a cryoseg checkpoint"):
+        fit(_cfg(None, out_dir=None, epochs=1, init_checkpoint=tmp_path / "other.pt"), tr)
