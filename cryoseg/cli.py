@@ -12,6 +12,7 @@ import inspect
 import json
 import os
 import platform
+import re
 import sys
 import time
 import traceback
@@ -84,17 +85,23 @@ def check_outputs(paths, force: bool = False) -> None:
         raise FileExistsError(f"{existing[0]} exists{more}; use --force to overwrite")
 
 
-def machine_info() -> dict:
-    "Where this runs: host, OS, Python, torch, CPU cores and GPU (when present)."
-    info = dict(host=platform.node(), os=platform.platform(), python=platform.python_version(),
-                cpu=platform.processor() or platform.machine(),
-                cpu_cores=len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())
-    try:
-        import torch
-        info.update(torch=torch.__version__, torch_threads=torch.get_num_threads(),
-                    gpu=torch.cuda.get_device_name(0) if torch.cuda.is_available() else None)
-    except ImportError:  # pragma: no cover
-        pass
+_MACHINE_RE = re.compile(r"^(?P<cpu>.*), (?P<cpu_cores>\d+) usable cores, torch (?P<torch>\S+) "
+                         r"\((?P<torch_threads>\d+) threads, OMP_NUM_THREADS=(?P<omp_num_threads>[^)]*)\), "
+                         r"(?P<gpu>.*), Python (?P<python>\S+)$")
+
+
+def machine_info(device=None) -> dict:
+    """Where this runs, for configs and reports: `description` is `cryoseg.core.describe_machine(device)` (the one
+    line the benchmarks print) and `cpu, cpu_cores, torch, torch_threads, omp_num_threads, gpu, python` are read
+    back from it (so both always agree; `gpu` is None when no GPU is used); `host` and `os` are added."""
+    from cryoseg.core import describe_machine
+    desc = describe_machine(device)
+    info = dict(host=platform.node(), os=platform.platform(), description=desc)
+    m = _MACHINE_RE.match(desc)
+    if m:
+        f = m.groupdict()
+        info.update(f, cpu_cores=int(f["cpu_cores"]), torch_threads=int(f["torch_threads"]),
+                    gpu=None if f["gpu"] == "no GPU used" else f["gpu"])
     return info
 
 
@@ -576,17 +583,20 @@ def _rank() -> int:
 
 
 def run_train(data, out, val=None, model: str = "unet", epochs: int | None = None, batch_size: int | None = None,
-              lr: float | None = None, config=None, sets=None, resume: bool = False, seed: int = 0, device=None,
-              threads=None, force: bool = False, progress: bool = True, argv=None) -> Path:
+              lr: float | None = None, config=None, sets=None, init: str | Path | None = None, resume: bool = False,
+              seed: int = 0, device=None, threads=None, force: bool = False, progress: bool = True, argv=None) -> Path:
     """Train on the dataset folder `data` (micrographs/ + masks/), validating on `val`; returns the best
-    checkpoint's path (`out/best.pt`). Under `torchrun` every process runs this and `fit` uses DDP."""
+    checkpoint's path (`out/best.pt`). `init`: start from this checkpoint's weights (`TrainConfig.init_checkpoint`,
+    fine-tuning). Under `torchrun` every process runs this and `fit` uses DDP."""
     out = Path(out)
+    if init is not None and not Path(init).is_file():
+        raise FileNotFoundError(f"{init}: --init checkpoint not found")
     sets = parse_sets(sets) if isinstance(sets, list) else sets
     from cryoseg.train import TrainConfig, fit
     from cryoseg.data import load_folder
     cfg = build_config(TrainConfig, config, sets, section="train", model=model, epochs=epochs, batch_size=batch_size,
                        lr=lr, seed=seed, device=device, out_dir=str(out), overwrite=force, progress=progress,
-                       resume=resume or None)
+                       init_checkpoint=None if init is None else str(init), resume=resume or None)
     check_outputs([out / "best.pt", out / "last.pt", out / config_name("train")], force or cfg.resume)
     _setup(None, threads)
     tr = load_folder(data)
@@ -702,11 +712,11 @@ def run_demo(out: str | Path = "cryoseg-demo", quick: bool = False, epochs: int 
     preset = DEMO_PRESETS["quick" if quick else "full"]
     train_sets = dict(preset["train"], **({} if epochs is None else dict(epochs=epochs)))
     info = dict(time_utc=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                command=" ".join(argv or ["cryoseg", "demo"]), machine=machine_info(),
+                command=" ".join(argv or ["cryoseg", "demo"]),
                 load_avg=" ".join(f"{x:.2f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "?",
                 frac=0.5, threshold=0.5, labels=labels)
     dev = _setup(device, threads, seed)
-    info["device"] = str(dev)
+    info.update(device=str(dev), machine=machine_info(dev))
     T, kw = {}, dict(force=force, progress=progress, argv=argv)
     t_all = Stopwatch().__enter__()
 
@@ -845,10 +855,24 @@ def _common(device: bool = True) -> argparse.ArgumentParser:
     return p
 
 
-def _cfg_args(p, what: str):
-    p.add_argument("--config", metavar="JSON", default=None, help=f"a JSON file of {what} fields")
-    p.add_argument("--set", dest="sets", action="append", metavar="FIELD=VALUE", default=None,
-                   help=f"set one {what} field (repeatable), e.g. --set snr=0.05")
+def _cfg_args(p, what: str, example: str, prefix: str = ""):
+    "`--<prefix>config JSON` and repeatable `--<prefix>set FIELD=VALUE` for the fields of dataclass `what`."
+    p.add_argument(f"--{prefix}config", metavar="JSON", default=None, help=f"a JSON file of {what} fields")
+    p.add_argument(f"--{prefix}set", dest=f"{prefix.replace('-', '_')}set" if prefix else "sets", action="append",
+                   metavar="FIELD=VALUE", default=None, help=f"set one {what} field (repeatable), e.g. --{prefix}set {example}")
+
+
+def _shard_arg(p):
+    p.add_argument("--shard", default=None, metavar="i/n",
+                   help="process only shard i of n (0 <= i < n); micrographs are split by the CRC-32 of their name")
+
+
+def _diameter_arg(p, help: str, required: bool = False):
+    p.add_argument("--diameter-px", type=float, default=None, required=required, help=help)
+
+
+def _threshold_arg(p, what: str, default: float = 0.5):
+    p.add_argument("--threshold", type=float, default=default, help=f"{what} (default {default})")
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -868,7 +892,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output dataset folder")
     p.add_argument("--n-micrographs", type=int, default=4, help="number of micrographs (default 4)")
     p.add_argument("--volume", default=None, help="an MRC map, or the name of a built-in volume (default: the simulator's)")
-    _cfg_args(p, "SimConfig")
+    _cfg_args(p, "SimConfig", "snr=0.05")
     p.set_defaults(func=run_simulate)
 
     p = sub.add_parser("label", formatter_class=F, help="make training masks (synthetic, cryoppp, reproject)",
@@ -881,14 +905,14 @@ def make_parser() -> argparse.ArgumentParser:
     q.add_argument("--data", required=True, help="simulated dataset folder (from `cryoseg simulate`)")
     q.add_argument("--out", required=True, help="output dataset folder")
     q.add_argument("--kind", choices=("disc", "footprint"), default="disc", help="label type (default disc)")
-    q.add_argument("--diameter-px", type=float, default=None, help="disc diameter in pixels (default: from simulation.json)")
+    _diameter_arg(q, "disc diameter in pixels (default: from simulation.json)")
     q.set_defaults(func=run_label_synthetic)
     q = lsub.add_parser("cryoppp", parents=[c], formatter_class=F, help="disc masks from CryoPPP expert picks",
                         description="Load a CryoPPP dataset folder (micrographs/, ground_truth/particle_coordinates/*.csv), "
                         "optionally downsample, and write disc masks of the expert picks.")
     q.add_argument("--data", required=True, help="CryoPPP dataset folder (one EMPIAR id)")
     q.add_argument("--out", required=True, help="output dataset folder")
-    q.add_argument("--diameter-px", type=float, default=None, help="disc diameter in (original) pixels (default: the CSV's Diameter)")
+    _diameter_arg(q, "disc diameter in (original) pixels (default: the CSV's Diameter)")
     q.add_argument("--bin", dest="bin_factor", type=int, default=1, help="downsample micrographs and labels by this factor (default 1)")
     q.add_argument("--max-micrographs", type=int, default=None, help="use only the first N micrographs")
     q.add_argument("--lite", action="store_true", help="a CryoPPP-Lite folder (8-bit JPG micrographs)")
@@ -899,7 +923,7 @@ def make_parser() -> argparse.ArgumentParser:
     q.add_argument("--data", required=True, help="dataset folder with micrographs/ and coordinates/ (STAR with angles)")
     q.add_argument("--volume", required=True, help="3D map or mask (MRC), at the micrographs' pixel size")
     q.add_argument("--out", required=True, help="output dataset folder")
-    q.add_argument("--threshold", type=float, default=0.5, help="threshold on the projected 0/1 mask (default 0.5)")
+    _threshold_arg(q, "threshold on the projected 0/1 mask")
     q.add_argument("--threshold-frac", type=float, default=None,
                    help="for a density map instead of a mask: threshold as a fraction of each projection's maximum")
     q.set_defaults(func=run_label_reproject)
@@ -915,7 +939,10 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=None, help="epochs (default: TrainConfig's)")
     p.add_argument("--batch-size", type=int, default=None, help="batch size (default: TrainConfig's)")
     p.add_argument("--lr", type=float, default=None, help="learning rate (default: TrainConfig's)")
-    _cfg_args(p, "TrainConfig")
+    _cfg_args(p, "TrainConfig", "crop_size=64")
+    p.add_argument("--init", metavar="CKPT", default=None,
+                   help="start from this checkpoint's weights, e.g. to fine-tune a model trained on synthetic data on "
+                   "real micrographs (same --model and model_kwargs; optimizer and schedule start afresh)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
     p.set_defaults(func=run_train)
 
@@ -930,9 +957,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=4, help="tiles per batch (default 4)")
     p.add_argument("--crf", choices=CRF_CHOICES, default="none",
                    help="dense CRF: cpu = pydensecrf2, torch = PyTorch CRF on --device, gpu = PyTorch CRF on CUDA (default none)")
-    p.add_argument("--crf-config", default=None, metavar="JSON", help="a JSON file of CRFParams fields")
-    p.add_argument("--crf-set", action="append", default=None, metavar="FIELD=VALUE", help="set one CRFParams field (repeatable)")
-    p.add_argument("--shard", default=None, metavar="i/n", help="process only shard i of n (0 <= i < n), split by micrograph name")
+    _cfg_args(p, "CRFParams", "n_iter=10", prefix="crf-")
+    _shard_arg(p)
     p.set_defaults(func=run_predict)
 
     p = sub.add_parser("pick", parents=[cnd], formatter_class=F, help="probability maps → particle coordinates",
@@ -940,11 +966,11 @@ def make_parser() -> argparse.ArgumentParser:
                        "<out>/box/<name>.box (and csv/txt on request) and <out>/particles.star.")
     p.add_argument("--probs", required=True, help="folder of probability maps (from `cryoseg predict`)")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--diameter-px", type=float, required=True, help="expected particle diameter in pixels")
-    p.add_argument("--threshold", type=float, default=0.5, help="probability threshold (default 0.5)")
+    _diameter_arg(p, "expected particle diameter in pixels", required=True)
+    _threshold_arg(p, "probability threshold")
     p.add_argument("--formats", default="star,box", help="comma-separated among star, box, csv, txt (default star,box)")
     p.add_argument("--box-size-px", type=int, default=None, help="box size for BOX files (default: the diameter)")
-    p.add_argument("--shard", default=None, metavar="i/n", help="process only shard i of n (0 <= i < n)")
+    _shard_arg(p)
     p.set_defaults(func=run_pick)
 
     p = sub.add_parser("evaluate", parents=[cnd], formatter_class=F, help="picking (and pixel) metrics against the truth",
@@ -952,11 +978,11 @@ def make_parser() -> argparse.ArgumentParser:
                        "Writes <out>/metrics.json and <out>/per_micrograph.csv.")
     p.add_argument("--picks", required=True, help="folder of per-micrograph pick files, or one file with all picks")
     p.add_argument("--truth", required=True, help="folder of per-micrograph true coordinates (or a dataset folder)")
-    p.add_argument("--diameter-px", type=float, required=True, help="particle diameter in pixels")
+    _diameter_arg(p, "particle diameter in pixels", required=True)
     p.add_argument("--frac", type=float, default=0.5, help="match radius as a fraction of the diameter (default 0.5)")
     p.add_argument("--probs", default=None, help="probability maps, for pixel metrics (with --masks)")
     p.add_argument("--masks", default=None, help="true masks (folder or dataset folder), for pixel metrics")
-    p.add_argument("--threshold", type=float, default=0.5, help="probability threshold for pixel metrics (default 0.5)")
+    _threshold_arg(p, "probability threshold for pixel metrics")
     p.add_argument("--out", default=None, help="output folder (default: print only)")
     p.set_defaults(func=run_evaluate)
 

@@ -369,3 +369,24 @@ def test_train_under_torchrun_two_cpu_processes(sim, tmp_path):
     assert (tmp_path / "model" / "best.pt").exists()
     doc = json.loads((tmp_path / "model" / "cryoseg-train.json").read_text())
     assert doc["config"]["train"]["epochs"] == 1
+
+
+def test_train_init_fine_tunes(capsys, sim, tmp_path):
+    "`train --init CKPT` starts from another run's weights and records it; a missing CKPT is a one-line error."
+    lab = tmp_path / "lab"
+    assert main(["label", "synthetic", "--data", str(sim), "--out", str(lab), "--kind", "footprint", "--quiet"]) == 0
+    tiny = ["--device", "cpu", "--epochs", "1", "--set", "samples_per_epoch=8", "--set", "crop_size=32",
+            "--set", "batch_size=2", "--set", 'model_kwargs={"depth": 2, "width": 4}', "--quiet"]
+    rc, _, err = run(capsys, "train", "--data", lab, "--out", tmp_path / "pre", *tiny)
+    assert rc == 0, err
+    init = tmp_path / "pre" / "best.pt"
+    rc, _, err = run(capsys, "train", "--data", lab, "--out", tmp_path / "ft", "--init", init, *tiny)
+    assert rc == 0, err
+    doc = json.loads((tmp_path / "ft" / "cryoseg-train.json").read_text())
+    assert doc["config"]["train"]["init_checkpoint"] == str(init)
+    assert doc["argv"][doc["argv"].index("--init") + 1] == str(init)
+    import torch
+    assert torch.load(tmp_path / "ft" / "last.pt", weights_only=True)["cfg"]["init_checkpoint"] == str(init)
+    rc, _, err = run(capsys, "train", "--data", lab, "--out", tmp_path / "ft2", "--init", tmp_path / "nope.pt", *tiny)
+    assert_one_line_error(rc, err, "nope.pt", "--init checkpoint not found")
+    assert not (tmp_path / "ft2").exists()
