@@ -10,6 +10,8 @@ import pandas as pd
 import torch
 
 from .io import make_particles
+from .labels import _image_2d
+from .pick import _check_diameter_px
 
 # %% auto #0
 __all__ = ['confusion_counts', 'pixel_scores', 'pixel_metrics', 'match_picks', 'box_iou', 'match_boxes', 'picking_metrics',
@@ -275,8 +277,7 @@ def _per_micrograph(picks, truth, diameter_px, frac, rule, pixel_size_a, min_iou
                     micrographs, missing, score_threshold):
     if rule not in ("distance", "box_iou", "within"):
         raise ValueError(f"rule must be 'distance', 'box_iou' or 'within', got {rule!r}")
-    if not (np.isfinite(diameter_px) and diameter_px > 0):
-        raise ValueError(f"diameter_px must be a positive number, got {diameter_px}")
+    _check_diameter_px(diameter_px)
     if missing not in ("error", "empty", "ignore"):
         raise ValueError(f"missing must be 'error', 'empty' or 'ignore', got {missing!r}")
     P, T = _split(picks, "picks"), _split(truth, "truth")
@@ -412,13 +413,8 @@ def average_precision(curve, truth=None, diameter_px: float | None = None, **kwa
 def _prepare(img, diameter_px: float, dark_particles: bool, highpass_frac: float | None) -> np.ndarray:
     "High-pass (remove gradients), robust-normalise and optionally invert a micrograph (float64)."
     from scipy import ndimage
-    a = np.asarray(img, dtype=np.float64)
-    if a.ndim != 2:
-        raise ValueError(f"expected a 2D micrograph, got shape {a.shape}")
-    if not np.isfinite(a).all():
-        raise ValueError("micrograph contains NaN or infinite values")
-    if not (np.isfinite(diameter_px) and diameter_px > 0):
-        raise ValueError(f"diameter_px must be a positive number, got {diameter_px}")
+    a = _image_2d(img, "img", np.float64, expected="a 2D micrograph (H, W)")
+    _check_diameter_px(diameter_px)
     if highpass_frac:
         a = a - ndimage.gaussian_filter(a, highpass_frac * diameter_px, mode="reflect")
     return _robust_z(-a if dark_particles else a)

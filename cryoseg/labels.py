@@ -153,6 +153,17 @@ def _disk(radius: float) -> np.ndarray:
     return (xx**2 + yy**2) <= r * r + 1e-9
 
 
+def _image_2d(img, what: str, dtype=np.float32, expected: str = "a 2D (H, W) array") -> np.ndarray:
+    """`img` as a `dtype` array, checked to be 2D and finite; otherwise a ValueError naming `what`.
+    One input check for every function that takes an image (`pick` and `evaluate` import it)."""
+    a = np.asarray(img, dtype=dtype)
+    if a.ndim != 2:
+        raise ValueError(f"{what} must be {expected}, got shape {a.shape}")
+    if not np.isfinite(a).all():
+        raise ValueError(f"{what} contains NaN or infinite values")
+    return a
+
+
 def seed_recipe_labels(
     clean_img: np.ndarray,                  # (H, W) noise-free CTF-modulated image (particles dark in underfocus)
     diameter_px: float | None = None,       # particle diameter in pixels: sets the defaults below
@@ -163,11 +174,7 @@ def seed_recipe_labels(
     polarity: str = "dark",                 # "dark": particles darker than background; "bright": inverted
 ) -> tuple[np.ndarray, np.ndarray]:
     "The seed paper's recipe on a clean CTF image: `(semantic uint8 0/1, instance int32 connected components)`."
-    c = np.asarray(clean_img, dtype=np.float32)
-    if c.ndim != 2:
-        raise ValueError(f"seed_recipe_labels expects a 2D clean image, got shape {c.shape}")
-    if not np.isfinite(c).all():
-        raise ValueError("clean image contains NaN or inf")
+    c = _image_2d(clean_img, "clean_img")
     if not 0 < threshold_frac < 1:
         raise ValueError(f"threshold_frac must be in (0, 1), got {threshold_frac}")
     if polarity not in ("dark", "bright"):

@@ -10,6 +10,7 @@ import pandas as pd
 from scipy import ndimage
 
 from .io import make_particles
+from .labels import _image_2d
 
 # %% auto #0
 __all__ = ['pick_particles']
@@ -38,6 +39,12 @@ def _peaks(dist: np.ndarray, min_distance_px: float) -> np.ndarray:
     return pts[keep]
 
 
+def _check_diameter_px(diameter_px) -> None:
+    "A ValueError unless `diameter_px` is a finite number > 0 (also used by `evaluate`)."
+    if not (np.isfinite(diameter_px) and diameter_px > 0):
+        raise ValueError(f"diameter_px must be a positive number, got {diameter_px}")
+
+
 def pick_particles(
     prob: np.ndarray,                   # (H, W) P(particle) or (2, H, W) softmax (background, particle)
     diameter_px: float,                 # expected particle diameter in pixels
@@ -59,12 +66,8 @@ def pick_particles(
     p = np.asarray(prob, dtype=np.float32)
     if p.ndim == 3 and p.shape[0] == 2:
         p = p[1]
-    if p.ndim != 2:
-        raise ValueError(f"prob must be (H, W) P(particle) or (2, H, W) softmax, got shape {np.shape(prob)}")
-    if not np.isfinite(p).all():
-        raise ValueError("prob contains NaN or infinite values")
-    if not (np.isfinite(diameter_px) and diameter_px > 0):
-        raise ValueError(f"diameter_px must be a positive number, got {diameter_px}")
+    p = _image_2d(p, "prob", expected="(H, W) P(particle) or (2, H, W) softmax")
+    _check_diameter_px(diameter_px)
     if score not in ("mean", "max"):
         raise ValueError(f"score must be 'mean' or 'max', got {score!r}")
     if min_distance_frac < 0 or min_area_frac < 0 or (max_area_frac is not None and max_area_frac <= 0):
