@@ -12,7 +12,6 @@ import inspect
 import json
 import os
 import platform
-import re
 import sys
 import time
 import traceback
@@ -85,24 +84,13 @@ def check_outputs(paths, force: bool = False) -> None:
         raise FileExistsError(f"{existing[0]} exists{more}; use --force to overwrite")
 
 
-_MACHINE_RE = re.compile(r"^(?P<cpu>.*), (?P<cpu_cores>\d+) usable cores, torch (?P<torch>\S+) "
-                         r"\((?P<torch_threads>\d+) threads, OMP_NUM_THREADS=(?P<omp_num_threads>[^)]*)\), "
-                         r"(?P<gpu>.*), Python (?P<python>\S+)$")
-
-
 def machine_info(device=None) -> dict:
-    """Where this runs, for configs and reports: `description` is `cryoseg.core.describe_machine(device)` (the one
-    line the benchmarks print) and `cpu, cpu_cores, torch, torch_threads, omp_num_threads, gpu, python` are read
-    back from it (so both always agree; `gpu` is None when no GPU is used); `host` and `os` are added."""
-    from cryoseg.core import describe_machine
-    desc = describe_machine(device)
-    info = dict(host=platform.node(), os=platform.platform(), description=desc)
-    m = _MACHINE_RE.match(desc)
-    if m:
-        f = m.groupdict()
-        info.update(f, cpu_cores=int(f["cpu_cores"]), torch_threads=int(f["torch_threads"]),
-                    gpu=None if f["gpu"] == "no GPU used" else f["gpu"])
-    return info
+    """Where this runs, for configs and reports: `cryoseg.core.machine_facts(device)` (cpu, cpu_cores, torch,
+    torch_threads, omp_num_threads, gpu, python; `gpu` is None when no GPU is used), its one-line form
+    `description` (`describe_machine`, what the benchmarks print), plus `host` and `os`."""
+    from cryoseg.core import describe_machine, machine_facts
+    return dict(host=platform.node(), os=platform.platform(), description=describe_machine(device),
+                **machine_facts(device))
 
 
 def _jsonable(o):

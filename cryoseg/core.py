@@ -15,8 +15,8 @@ import matplotlib
 import matplotlib.pyplot as plt
 
 # %% auto #0
-__all__ = ['as_generator', 'set_seed', 'get_device', 'set_threads', 'describe_machine', 'robust_limits', 'show_micrograph',
-           'show_images', 'savefig']
+__all__ = ['as_generator', 'set_seed', 'get_device', 'set_threads', 'machine_facts', 'describe_machine', 'robust_limits',
+           'show_micrograph', 'show_images', 'savefig']
 
 # %% ../nbs/00_core.ipynb #ad56e561
 def as_generator(seed: int | np.random.Generator | None = None) -> np.random.Generator:
@@ -58,8 +58,10 @@ def set_threads(n: int | None = None) -> int:
     return int(n)
 
 # %% ../nbs/00_core.ipynb #ecf68c09
-def describe_machine(device: str | torch.device | None = None) -> str:
-    "One line naming the CPU model, usable cores, torch version and threads, and the GPU (if any)."
+def machine_facts(device: str | torch.device | None = None) -> dict:
+    """What `describe_machine` says, as a dict: `cpu` (model name), `cpu_cores` (usable by this process),
+    `torch`, `torch_threads`, `omp_num_threads` (the variable, or None), `gpu` (name and CUDA version of the
+    GPU `device` resolves to; None when no GPU is used) and `python`."""
     import platform
     cpu = platform.processor() or platform.machine() or "unknown CPU"
     try:
@@ -69,12 +71,20 @@ def describe_machine(device: str | torch.device | None = None) -> str:
                     cpu = line.split(":", 1)[1].strip(); break
     except OSError:
         pass
-    ncpu = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     dev = get_device(device)
-    gpu = (f"{torch.cuda.get_device_name(dev)} (CUDA {torch.version.cuda})" if dev.type == "cuda"
-           else "no GPU used")
-    return (f"{cpu}, {ncpu} usable cores, torch {torch.__version__} ({torch.get_num_threads()} threads, "
-            f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}), {gpu}, Python {platform.python_version()}")
+    return dict(cpu=cpu,
+                cpu_cores=len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+                torch=torch.__version__, torch_threads=torch.get_num_threads(),
+                omp_num_threads=os.environ.get("OMP_NUM_THREADS"),
+                gpu=f"{torch.cuda.get_device_name(dev)} (CUDA {torch.version.cuda})" if dev.type == "cuda" else None,
+                python=platform.python_version())
+
+
+def describe_machine(device: str | torch.device | None = None) -> str:
+    "One line naming the CPU model, usable cores, torch version and threads, and the GPU (if any)."
+    f = machine_facts(device)
+    return (f"{f['cpu']}, {f['cpu_cores']} usable cores, torch {f['torch']} ({f['torch_threads']} threads, "
+            f"OMP_NUM_THREADS={f['omp_num_threads'] or 'unset'}), {f['gpu'] or 'no GPU used'}, Python {f['python']}")
 
 # %% ../nbs/00_core.ipynb #84e4b3c2
 def robust_limits(img: np.ndarray, lo: float = 1.0, hi: float = 99.0) -> tuple[float, float]:
