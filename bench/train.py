@@ -144,10 +144,12 @@ def main():
     ap.add_argument("--skip-fit", action="store_true")
     ap.add_argument("--skip-throughput", action="store_true")
     ap.add_argument("--json", default=None, help="also write the results to this JSON file")
+    ap.add_argument("--devices", default=None, help="comma-separated, e.g. cuda (default: cpu, and cuda when present)")
     args = ap.parse_args()
     from cryoseg.core import set_threads
     set_threads(args.threads)
-    devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
+    devices = ([torch.device(d) for d in args.devices.split(",")] if args.devices else
+               [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else []))
     results = dict(machine={d.type: describe_machine(d) for d in devices}, torch=torch.__version__)
     for d in devices:
         print(f"- {d.type}: {results['machine'][d.type]}")
