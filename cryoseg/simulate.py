@@ -656,7 +656,11 @@ def simulate_micrograph(volume: np.ndarray | None = None, cfg: SimConfig | None 
 
     `coordinates` `(n, 2)` `(x, y)` (rounded to whole pixels) and/or `rotations` `(n, 3, 3)` (RELION matrices,
     e.g. from `euler_to_matrix`) replace the random placement / orientations. The volume must be sampled at
-    `cfg.pixel_size_a`."""
+    `cfg.pixel_size_a`.
+
+    Reproducible for a `seed` on a given device. The geometry (centres, orientations, defocus), the masks and
+    the clean image agree between CPU and CUDA to float32 rounding, but the noise is drawn by a torch
+    generator on `device`, so its realisation (not its statistics) differs between CPU and GPU."""
     cfg = cfg or SimConfig()
     rng = as_generator(seed)
     dev = get_device(device)
