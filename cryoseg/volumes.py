@@ -142,8 +142,19 @@ def make_volume(kind: str = "globular", box_size: int = 64, pixel_size_a: float 
     if diameter_a <= 0 or diameter_a + 4 * sigma_a > box_a:
         raise ValueError(f"a particle of diameter {diameter_a:.1f} Å (plus its blur) does not fit in a box of "
                          f"{box_size} px × {pixel_size_a} Å = {box_a:.1f} Å; use a bigger box or a smaller diameter")
-    xyz = pseudo_atoms(kind, diameter_a, seed)
-    return splat_atoms(xyz, int(box_size), pixel_size_a, sigma_a)
+    key = (kind, int(box_size), float(pixel_size_a), float(diameter_a), seed) if isinstance(seed, (int, np.integer)) else None
+    if key in _VOLUME_CACHE:                  # a copy: callers may modify what they get
+        return _VOLUME_CACHE[key].copy()
+    vol = splat_atoms(pseudo_atoms(kind, diameter_a, seed), int(box_size), pixel_size_a, sigma_a)
+    if key is not None:
+        if len(_VOLUME_CACHE) >= 8:
+            _VOLUME_CACHE.pop(next(iter(_VOLUME_CACHE)))
+        _VOLUME_CACHE[key] = vol
+        return vol.copy()
+    return vol
+
+
+_VOLUME_CACHE: dict = {}   # the last few built-in volumes (seeded, so deterministic): simulating many micrographs builds it once
 
 # %% ../nbs/02a_volumes.ipynb #d84c9ebf
 def _fourier_resize(vol: np.ndarray, n_out: int) -> np.ndarray:
