@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .core import get_device
+from .core import get_device, to_numpy
 
 # %% auto #0
 __all__ = ['SUM_TOL', 'CPU_CHUNK_PX', 'MAX_GRID_CELLS', 'CRF_METHODS', 'CRFParams', 'check_crf_inputs', 'crf_feature_image',
@@ -99,27 +99,33 @@ def check_crf_inputs(prob, img) -> tuple[np.ndarray, np.ndarray, bool]:
         raise ValueError(f"prob (C, H, W) needs at least 2 labels, got C={p.shape[0]}")
     if min(im.shape) < 1:
         raise ValueError(f"empty image, shape {im.shape}")
+    # float32 throughout (the caller's arrays are never modified); min/max propagate NaN and show ±inf, so the
+    # common, valid case costs two passes per array and the count of bad values is made only for the message
+    p = np.asarray(p, dtype=np.float32)
+    im = np.ascontiguousarray(im, dtype=np.float32)
+    lims = {}
     for name, a in (("prob", p), ("img", im)):
-        bad = ~np.isfinite(a)
-        if bad.any():
-            raise ValueError(f"{name} contains {int(bad.sum())} NaN or infinite values")
-    p = p.astype(np.float64)
-    lo, hi = float(p.min()), float(p.max())
+        lims[name] = lo, hi = a.min(), a.max()
+        if not (np.isfinite(lo) and np.isfinite(hi)):
+            raise ValueError(f"{name} contains {int((~np.isfinite(a)).sum())} NaN or infinite values")
+    lo, hi = (float(v) for v in lims["prob"])
     if lo < -1e-6 or hi > 1 + 1e-6:
         raise ValueError(f"prob must hold probabilities in [0, 1], got values in [{lo:.4g}, {hi:.4g}] "
                          "(logits? apply a softmax first)")
-    p = np.clip(p, 0.0, 1.0)
     was_2d = p.ndim == 2
     if was_2d:
-        p = np.stack([1.0 - p, p])
+        out = np.empty((2,) + p.shape, np.float32)
+        np.clip(p, 0.0, 1.0, out=out[1])
+        np.subtract(np.float32(1.0), out[1], out=out[0])
     else:
-        s = p.sum(0)
+        p = np.clip(p, 0.0, 1.0)
+        s = p.sum(0, dtype=np.float64)
         dev = float(np.abs(s - 1).max())
         if dev > SUM_TOL:
             raise ValueError(f"prob (C, H, W) must sum to 1 over labels (axis 0); max |sum - 1| = {dev:.3g} "
                              f"> {SUM_TOL}. Pass a softmax, or renormalise with prob / prob.sum(0)")
-        p = p / np.maximum(s, 1e-12)
-    return (np.ascontiguousarray(p, dtype=np.float32), np.ascontiguousarray(im, dtype=np.float32), was_2d)
+        out = (p / np.maximum(s, 1e-12)).astype(np.float32)
+    return out, im, was_2d
 
 # %% ../nbs/07_crf.ipynb #c99076e9
 def _gauss_taps(sigma: float, radius: int, like: torch.Tensor) -> torch.Tensor:
@@ -133,15 +139,15 @@ def _blur_axis(x: torch.Tensor, dim: int, sigma: float, truncate: float = 5.0) -
     r = min(int(math.ceil(truncate * sigma)), n - 1)
     if r <= 0:
         return x.clone()
-    k = _gauss_taps(sigma, r, x)
     if 2 * r + 1 > 65:  # wide kernel: linear convolution by FFT along the axis
+        k = _gauss_taps(sigma, r, x)
         m = n + 2 * r
         xf = torch.fft.rfft(x, n=m, dim=dim)
         kk = torch.zeros(m, dtype=x.dtype, device=x.device)
         kk[torch.arange(-r, r + 1, device=x.device) % m] = k
         shape = [1] * x.ndim; shape[dim] = -1
         return torch.fft.irfft(xf * torch.fft.rfft(kk).view(shape), n=m, dim=dim).narrow(dim, 0, n)
-    kl = k.tolist()
+    kl = np.exp(-0.5 * (np.arange(-r, r + 1) / sigma) ** 2).tolist()   # taps on the host: no device sync
     out = x * kl[r]
     for o in range(1, r + 1):   # out[j] += k[o] (x[j + o] + x[j - o]), zero outside
         out.narrow(dim, 0, n - o).add_(x.narrow(dim, o, n - o), alpha=kl[r + o])
@@ -419,7 +425,7 @@ def crf_torch(prob, img, params: CRFParams | None = None, device=None, feats=Non
         feat = crf_features(im, feats, params.lowpass_sigma_px, device=dev)
         logp = torch.log(torch.as_tensor(pr, device=dev).clamp(params.eps, 1.0))
         Q = crf_mean_field(logp, feat, params)
-    return _finish(Q.cpu().numpy().astype(np.float32), was_2d)
+        return to_numpy(Q[1] if was_2d else Q)              # only the map asked for comes back to the host
 
 # %% ../nbs/07_crf.ipynb #c6865109
 def learn_crf_params(probs, imgs, masks, params: CRFParams | None = None, n_steps: int = 30, lr: float = 0.1,
@@ -484,7 +490,7 @@ def _run_core(pr: np.ndarray, feat: torch.Tensor, params: CRFParams, method: str
         dev = get_device(device)
         with torch.no_grad():
             logp = torch.log(torch.as_tensor(pr, device=dev).clamp(params.eps, 1.0))
-            return crf_mean_field(logp, feat.to(dev), params).cpu().numpy().astype(np.float32)
+            return to_numpy(crf_mean_field(logp, feat.to(dev), params))
     if method == "pydensecrf":
         return _pydensecrf_core(pr, feat.cpu().numpy(), params)
     raise ValueError(f"unknown CRF method {method!r}; choose one of {CRF_METHODS}")

@@ -15,7 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from scipy import ndimage
 
-from .core import as_generator, get_device
+from .core import as_generator, get_device, to_numpy
 from .labels import downsample
 
 # %% auto #0
@@ -51,11 +51,20 @@ def _smooth_background(a: np.ndarray, sigma_px: float) -> np.ndarray:
     return plane + b
 
 
-def _median_mad(a: np.ndarray) -> tuple[float, float]:
-    "Median and median absolute deviation of `a` (on a regular subsample of ~2 Mpx for big images)."
-    s = a.ravel()
-    if s.size > 4_000_000:
-        s = s[:: s.size // 2_000_000]
+def _median_mad(a: np.ndarray | torch.Tensor) -> tuple[float, float]:
+    """Median and median absolute deviation of `a` (on a regular subsample of ~2 Mpx for big images); a float32
+    tensor is reduced on its device, with numpy's definition (mean of the two middle values), so the result is
+    the same as for the array."""
+    s = a.reshape(-1)
+    n = s.numel() if isinstance(s, torch.Tensor) else s.size
+    if n > 4_000_000:
+        s = s[:: n // 2_000_000]
+    if isinstance(s, torch.Tensor):
+        def median(v):
+            v = v.sort().values
+            return (v[(v.numel() - 1) // 2] + v[v.numel() // 2]) / 2
+        med = median(s)
+        return float(med), float(median((s - med).abs()))
     med = np.median(s)
     return float(med), float(np.median(np.abs(s - med)))
 
@@ -64,7 +73,10 @@ def normalize(img: np.ndarray,
               clip: float | None = 5.0,                # clip to ±clip robust standard deviations (None: no clip)
               background_sigma_px: float | None = None, # subtract a Gaussian-blurred background first (None: no)
               ) -> np.ndarray:
-    "Per-micrograph robust normalisation: (img − median) / (1.4826·MAD), clipped; float32 `(H, W)`."
+    """Per-micrograph robust normalisation: (img − median) / (1.4826·MAD), clipped; float32 `(H, W)`.
+    A torch tensor is normalised on its device (a GPU, say) and returned as a tensor."""
+    if isinstance(img, torch.Tensor):
+        return _normalize_tensor(img, clip, background_sigma_px)
     a = np.asarray(img, dtype=np.float32)
     if a.ndim != 2:
         raise ValueError(f"normalize expects a 2D micrograph (H, W), got shape {a.shape}")
@@ -86,6 +98,26 @@ def normalize(img: np.ndarray,
     if clip is not None:
         np.clip(out, -clip, clip, out=out)
     return out
+
+
+def _normalize_tensor(x: torch.Tensor, clip: float | None, background_sigma_px: float | None) -> torch.Tensor:
+    "`normalize` of a tensor on its own device: the same float32 operations, so the same values as the array's."
+    x = x.detach().to(torch.float32)
+    if x.ndim != 2 or x.numel() == 0:
+        raise ValueError(f"normalize expects a non-empty 2D micrograph (H, W), got shape {tuple(x.shape)}")
+    bad = int((~torch.isfinite(x)).sum())
+    if bad:
+        raise ValueError(f"micrograph contains {bad} non-finite pixels (NaN/inf)")
+    if background_sigma_px:                  # the background filter runs on the CPU
+        return torch.from_numpy(normalize(x.cpu().numpy(), clip, background_sigma_px)).to(x.device)
+    med, mad = _median_mad(x)
+    scale = 1.4826 * mad
+    if not scale > 0:
+        scale = float(x.std(unbiased=False))
+    out = x - float(np.float32(med))
+    if scale > 0:
+        out = out / float(np.float32(scale))
+    return out.clamp(-clip, clip) if clip is not None else out
 
 # %% ../nbs/04_data.ipynb #1c7f54bc
 IGNORE_INDEX = -100   # label of padded pixels; ignored by the loss (as in nn.CrossEntropyLoss) and metrics
@@ -323,7 +355,11 @@ def predict_tiled(model: nn.Module,
     if int(tile_size) < 1 or int(overlap) < 0 or int(batch_size) < 1:
         raise ValueError(f"need tile_size >= 1, overlap >= 0 and batch_size >= 1, "
                          f"got tile_size={tile_size}, overlap={overlap}, batch_size={batch_size}")
-    a = globals()["normalize"](a) if normalize else a.astype(np.float32, copy=False)
+    if normalize and dev.type != "cpu":                 # upload the raw micrograph, normalise it there
+        src = globals()["normalize"](torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)).to(dev))
+    else:
+        a = globals()["normalize"](a) if normalize else a.astype(np.float32, copy=False)
+        src = torch.from_numpy(np.ascontiguousarray(a)).to(dev)
     H, W = a.shape
     th, tw = min(int(tile_size), H), min(int(tile_size), W)
     ov = min(int(overlap), th // 2, tw // 2)           # at most half a tile
@@ -348,7 +384,6 @@ def predict_tiled(model: nn.Module,
     batches = range(0, len(tiles), int(batch_size))
     try:
         with torch.inference_mode():
-            src = torch.from_numpy(np.ascontiguousarray(a)).to(dev)
             acc = torch.zeros((H, W), dtype=torch.float32, device=dev)
             wsum = torch.zeros((H, W), dtype=torch.float32, device=dev)
             for b0 in tqdm(batches, desc="tiles", disable=not progress, unit="batch"):
@@ -364,7 +399,7 @@ def predict_tiled(model: nn.Module,
                     w = weight(y, x0)
                     acc[y:y + th, x0:x0 + tw] += w * pi
                     wsum[y:y + th, x0:x0 + tw] += w
-            out = (acc / wsum.clamp_min(1e-12)).cpu().numpy()
+            out = to_numpy(acc / wsum.clamp_min(1e-12))
     finally:
         net.train(was_training)
     return out

@@ -20,7 +20,7 @@ from scipy import ndimage
 from scipy.fft import next_fast_len
 from scipy.spatial.transform import Rotation
 
-from .core import as_generator, get_device
+from .core import as_generator, get_device, to_numpy
 from .volumes import make_volume, VOLUME_KINDS
 from .io import make_particles, write_micrograph, write_mask, write_particles
 
@@ -795,8 +795,8 @@ def simulate_micrograph(volume: np.ndarray | None = None, cfg: SimConfig | None 
                            rot_deg=eul[:, 0], tilt_deg=eul[:, 1], psi_deg=eul[:, 2],
                            defocus_u_um=np.full(n, du), defocus_v_um=np.full(n, dv),
                            defocus_angle_deg=np.full(n, ang), particle_id=np.arange(1, n + 1))
-    return SimResult(image=img.float().cpu().numpy(), clean=clean.float().cpu().numpy(),
-                     mask=mask_t.to(torch.uint8).cpu().numpy(), instances=inst.cpu().numpy(),
+    return SimResult(image=to_numpy(img.float()), clean=to_numpy(clean.float()),
+                     mask=to_numpy(mask_t.to(torch.uint8)), instances=to_numpy(inst),
                      junk=junk.astype(np.uint8), particles=parts, params=params)
 
 # %% ../nbs/02_simulate.ipynb #ececc71d

@@ -18,6 +18,23 @@ def _discs(shape=(256, 256), n=12, d=20, contrast=1.0, seed=0):
     return (rng.normal(size=shape) - contrast * mask).astype(np.float32), mask
 
 
+def test_to_numpy_chunks_through_pinned_buffer():
+    from cryoseg.core import STAGING_ELEMENTS, to_numpy
+    for shape in [(3, 4), (1000, 4099), (2, 2049, 2049), (STAGING_ELEMENTS,)]:
+        y = torch.randn(shape, device="cuda")
+        a = to_numpy(y)
+        assert a.shape == shape and a.flags.c_contiguous
+        np.testing.assert_array_equal(a, y.cpu().numpy())
+    u = to_numpy(torch.randint(0, 255, (5000, 5000), dtype=torch.uint8, device="cuda"))
+    assert u.dtype == np.uint8 and u.shape == (5000, 5000)
+
+
+def test_normalize_on_the_gpu_equals_numpy():
+    from cryoseg.data import normalize
+    x = np.random.default_rng(0).gamma(2.0, 3.0, (2100, 2100)).astype(np.float32)
+    np.testing.assert_allclose(normalize(torch.from_numpy(x).cuda()).cpu().numpy(), normalize(x), atol=1e-6)
+
+
 def test_crf_cuda_matches_cpu():
     from cryoseg.crf import CRFParams, dense_crf
     img, mask = _discs()
