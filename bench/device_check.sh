@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One pass over every CUDA path and GPU benchmark, for a GPU machine with a time limit (each step has its
 # own timeout, so a slow step cannot starve the others). Results go to $OUT (default ./device-out):
-#   all.log (everything printed), speed.md, train.json, demo_report.md.
+#   all.log (everything printed), speed.md, train.json, demo_report.md, hotspots.txt.
 #   OUT=/tmp/gpu bash bench/device_check.sh
 # Needs cryoseg's dependencies importable (PYTHONPATH or an install); CUDA is used when present.
 set -u
@@ -28,3 +28,5 @@ cp /tmp/cryoseg-demo/report.md "$OUT/demo_report.md" 2>/dev/null
 step 70  "dense CRF, pydensecrf2 vs torch CUDA (bench/crf.py)" \
   python3 bench/crf.py --sizes 1024 4096 --threads 1 --skip torch-cpu tiled
 step 40  "simulation (bench/simulate.py)" python3 bench/simulate.py --devices cuda --repeat 3
+step 90  "where the time goes (bench/hotspots.py)" \
+  bash -c "python3 bench/hotspots.py --top 10 --stages simulate predict crf 2>&1 | grep -v '^---\|USDT' > '$OUT/hotspots.txt'; tail -c 400 '$OUT/hotspots.txt'"
