@@ -23,8 +23,10 @@ from cryoseg.cli import machine_info
 
 
 def timed(fn, repeat: int, sync=None):
-    "Best-of-`repeat` (wall s, CPU s) of `fn()`, and its last result."
+    "Best-of-`repeat` (wall s, CPU s) of `fn()`, and its last result; `PEAK_GB[-1]`: its peak CUDA memory."
     best, out = (float("inf"), float("inf")), None
+    if sync: torch.cuda.reset_peak_memory_stats()
+    PEAK_GB.append(None)
     for _ in range(repeat):
         if sync: sync()
         w, c = time.perf_counter(), time.process_time()
@@ -32,7 +34,11 @@ def timed(fn, repeat: int, sync=None):
         if sync: sync()
         w, c = time.perf_counter() - w, time.process_time() - c
         if w < best[0]: best = (w, c)
+    if sync: PEAK_GB[-1] = torch.cuda.max_memory_allocated() / 2**30
     return best, out
+
+
+PEAK_GB: list = []
 
 
 def run(size: int, device: str, repeat: int, n_particles: int, tile_size: int, pydensecrf: bool) -> list[dict]:
@@ -45,13 +51,13 @@ def run(size: int, device: str, repeat: int, n_particles: int, tile_size: int, p
     cfg = SimConfig(shape=(size, size), n_particles=n_particles, box_size=128, pixel_size_a=1.0)
     rows = []
     (w, c), sim = timed(lambda: simulate_micrograph(None, cfg, seed=0, device=device), repeat, sync)
-    rows.append(dict(stage=f"simulate ({n_particles} particles, box 128)", wall=w, cpu=c))
+    rows.append(dict(stage=f"simulate ({n_particles} particles, box 128)", wall=w, cpu=c, peak=PEAK_GB[-1]))
     diameter = float(sim.params["diameter_px"])
     model = get_model("unet").to(device).eval()
     (w, c), prob = timed(lambda: predict_tiled(model, sim.image, tile_size=tile_size, overlap=64, device=device), repeat, sync)
-    rows.append(dict(stage=f"tiled U-Net inference (tiles {tile_size}, overlap 64)", wall=w, cpu=c))
+    rows.append(dict(stage=f"tiled U-Net inference (tiles {tile_size}, overlap 64)", wall=w, cpu=c, peak=PEAK_GB[-1]))
     (w, c), q = timed(lambda: crf_tiled(prob, sim.image, method="torch", device=device), repeat, sync)
-    rows.append(dict(stage="dense CRF, torch (5 iterations, tiled)", wall=w, cpu=c))
+    rows.append(dict(stage="dense CRF, torch (5 iterations, `crf_tiled` default tiles)", wall=w, cpu=c, peak=PEAK_GB[-1]))
     if pydensecrf and device == "cpu":
         (w, c), _ = timed(lambda: crf_tiled(prob, sim.image, method="pydensecrf"), repeat)
         rows.append(dict(stage="dense CRF, pydensecrf2 (5 iterations, tiled)", wall=w, cpu=c))
@@ -89,9 +95,10 @@ def main():
     for dev in devices:
         rows += run(a.size, dev, a.repeat, a.n_particles, a.tile_size, a.pydensecrf)
     lines = [f"### End-to-end speed, {a.size}² micrographs (`bench/speed.py`)", "", head, "",
-             "| device | stage | s / micrograph (wall) | CPU s | micrographs / s |", "|---|---|---|---|---|"]
+             "| device | stage | s / micrograph (wall) | CPU s | micrographs / s | peak GPU memory |", "|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['device']} | {r['stage']} | {r['wall']:.2f} | {r['cpu']:.2f} | {1 / r['wall']:.3f} |")
+        peak = f"{r['peak']:.2f} GB" if r.get("peak") is not None else ""
+        lines.append(f"| {r['device']} | {r['stage']} | {r['wall']:.2f} | {r['cpu']:.2f} | {1 / r['wall']:.3f} | {peak} |")
     text = "\n".join(lines) + "\n"
     print(text)
     if a.out:

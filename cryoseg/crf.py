@@ -510,12 +510,16 @@ def dense_crf(prob, img, params: CRFParams | None = None, method: str = "torch",
     return crf_bruteforce(prob, img, params, feats=feats).astype(np.float32)
 
 # %% ../nbs/07_crf.ipynb #616aa5d7
-def crf_tiled(prob, img, params: CRFParams | None = None, tile_size: int = 1024, overlap: int | None = None,
+def crf_tiled(prob, img, params: CRFParams | None = None, tile_size: int | None = None, overlap: int | None = None,
               method: str = "torch", device=None, progress: bool = False, feats=None) -> np.ndarray:
-    "Dense CRF over a whole micrograph in overlapping tiles of `tile_size` px (+ `overlap` px margins; default 3θα)."
+    """Dense CRF over a whole micrograph in overlapping tiles of `tile_size` px (+ `overlap` px margins; default
+    3θα). Default `tile_size`: 1024 on the CPU (faster there: the work stays in cache) and 4096 on CUDA (a 4096²
+    micrograph in one piece, about 2.5× faster on an H200 than 1024² tiles; a few GB of GPU memory)."""
     params = params or CRFParams()
     if method not in ("torch", "pydensecrf"):
         raise ValueError(f"crf_tiled: method must be 'torch' or 'pydensecrf', got {method!r}")
+    if tile_size is None:
+        tile_size = 4096 if method == "torch" and get_device(device).type == "cuda" else 1024
     if tile_size < 1:
         raise ValueError(f"crf_tiled: tile_size must be >= 1, got {tile_size}")
     pr, im, was_2d = check_crf_inputs(prob, img)
