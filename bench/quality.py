@@ -35,7 +35,8 @@ from cryoseg.cli import machine_info
 
 def simulate_split(root: Path, n: int, cfg, seed: int):
     from cryoseg.simulate import simulate_dataset
-    simulate_dataset(root, n_micrographs=n, cfg=cfg, seed=seed, progress=False, overwrite=True)
+    # on the CPU on every machine: the noise is drawn on the simulating device, so a GPU would give other data
+    simulate_dataset(root, n_micrographs=n, cfg=cfg, seed=seed, progress=False, overwrite=True, device="cpu")
     return root
 
 
