@@ -976,10 +976,10 @@ def make_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", parents=[c], formatter_class=F, help="the whole pipeline on a small simulated set",
                        description="Simulate → labels → train a U-Net → predict → CRF → pick → evaluate, and write "
-                       "<out>/report.md with metrics, timings and figures. About 10 minutes on a 2-core CPU; "
-                       "--quick runs a tiny version in about a minute.")
+                       "<out>/report.md with metrics, timings and figures. About a minute on an idle 2-core CPU; "
+                       "--quick runs a tiny version (for tests) in about 10 seconds.")
     p.add_argument("--out", default="cryoseg-demo", help="output folder (default cryoseg-demo)")
-    p.add_argument("--quick", action="store_true", help="tiny sizes (about a minute; for tests, not for good numbers)")
+    p.add_argument("--quick", action="store_true", help="tiny sizes (about 10 s; for tests, not for good numbers)")
     p.add_argument("--epochs", type=int, default=None, help="training epochs (default: the demo's)")
     p.add_argument("--crf", choices=("cpu", "torch", "gpu"), default="torch", help="CRF back end (default torch)")
     p.add_argument("--labels", choices=("footprint", "disc"), default="footprint",
