@@ -675,7 +675,7 @@ def write_demo_report(out: Path, results: dict, timings: dict, info: dict, figur
 
 
 # The demo's sizes: `full` is tuned to reach picking F1 >= 0.9 in <= 10 min on a 2-core CPU; `quick` only
-# checks that every stage runs (about a minute), its numbers mean little.
+# checks that every stage runs (about 10 seconds), its numbers mean little.
 DEMO_PRESETS = dict(
     full=dict(n_train=8, n_val=2, n_test=4, sim={}, train={}),
     quick=dict(n_train=2, n_val=1, n_test=1, sim=dict(shape=[128, 128], n_particles=4),
