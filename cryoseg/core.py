@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import random
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -59,6 +60,7 @@ def set_threads(n: int | None = None) -> int:
 
 
 _STAGING: dict = {}           # one pinned host buffer per dtype for device → host copies
+_STAGING_LOCK = threading.Lock()
 STAGING_ELEMENTS = 2**22      # its size in elements (16 MB of float32)
 
 
@@ -73,13 +75,14 @@ def to_numpy(t: torch.Tensor) -> np.ndarray:
     shape = tuple(t.shape)
     t = t.contiguous().view(-1)
     out = torch.empty(t.shape, dtype=t.dtype)                      # pageable
-    buf = _STAGING.get(t.dtype)
-    if buf is None:
-        buf = _STAGING[t.dtype] = torch.empty(STAGING_ELEMENTS, dtype=t.dtype, pin_memory=True)
-    for i in range(0, t.numel(), STAGING_ELEMENTS):
-        m = min(STAGING_ELEMENTS, t.numel() - i)
-        buf[:m].copy_(t[i:i + m])                                  # device → pinned (synchronous)
-        out[i:i + m].copy_(buf[:m])                                # pinned → pageable, a host memcpy
+    with _STAGING_LOCK:                                            # one buffer: one copy at a time
+        buf = _STAGING.get(t.dtype)
+        if buf is None:
+            buf = _STAGING[t.dtype] = torch.empty(STAGING_ELEMENTS, dtype=t.dtype, pin_memory=True)
+        for i in range(0, t.numel(), STAGING_ELEMENTS):
+            m = min(STAGING_ELEMENTS, t.numel() - i)
+            buf[:m].copy_(t[i:i + m])                              # device → pinned (synchronous)
+            out[i:i + m].copy_(buf[:m])                            # pinned → pageable, a host memcpy
     return out.numpy().reshape(shape)
 
 # %% ../nbs/00_core.ipynb #ecf68c09

@@ -29,6 +29,16 @@ def test_to_numpy_chunks_through_pinned_buffer():
     assert u.dtype == np.uint8 and u.shape == (5000, 5000)
 
 
+def test_to_numpy_from_several_threads():
+    from concurrent.futures import ThreadPoolExecutor
+    from cryoseg.core import to_numpy
+    ys = [torch.full((3000, 3000), float(i), device="cuda") for i in range(8)]
+    with ThreadPoolExecutor(4) as ex:
+        outs = list(ex.map(to_numpy, ys))
+    for i, a in enumerate(outs):
+        assert (a == i).all()
+
+
 def test_normalize_on_the_gpu_equals_numpy():
     from cryoseg.data import normalize
     x = np.random.default_rng(0).gamma(2.0, 3.0, (2100, 2100)).astype(np.float32)
