@@ -45,22 +45,56 @@ def _check_diameter_px(diameter_px) -> None:
         raise ValueError(f"diameter_px must be a positive number, got {diameter_px}")
 
 
-def _split_touching(lab: np.ndarray, n: int, min_distance_px: float, min_area_px: float = 0.0) -> tuple[np.ndarray, int]:
+def _split_touching(lab: np.ndarray, n: int, min_distance_px: float, min_area_px: float = 0.0,
+                    idx: np.ndarray | None = None) -> tuple[np.ndarray, int]:
     """Split each connected component of `lab` (labels 1..n) into touching particles: one marker per peak of
     its distance transform (`_peaks`, at least `min_distance_px` apart), then a watershed on minus the
-    distance. Work is done component by component inside its bounding box (+1 px), so the cost grows with
-    the foreground, not with the micrograph; the distance is to the nearest pixel outside the component.
-    Components smaller than `min_area_px` cannot give a kept pick and are left whole. Returns `(labels, count)`."""
+    distance. Work is done component by component inside its bounding box (+1 px), and the bookkeeping on
+    the foreground pixels only (`idx`: `np.flatnonzero(lab)`, if already known), so the cost grows with the
+    foreground, not with the micrograph; the distance is to the nearest pixel outside the component.
+    Components smaller than `min_area_px` cannot give a kept pick and are left whole (numbered first, in
+    label order; then the pieces of the others, in label order). Returns `(labels, count)`."""
     from skimage.segmentation import watershed
-    areas = np.bincount(lab.ravel(), minlength=n + 1)
-    small = np.flatnonzero(areas[1:] < min_area_px) + 1          # left whole, relabelled in one pass
+    H, W = lab.shape
+    idx = np.flatnonzero(lab) if idx is None else idx
+    lv = lab.ravel()[idx]
+    areas = np.bincount(lv, minlength=n + 1)
+    is_big = areas >= min_area_px
+    is_big[0] = False
+    small = np.flatnonzero(~is_big[1:]) + 1                      # left whole, relabelled in one pass
     relabel = np.zeros(n + 1, np.int32)
     relabel[small] = np.arange(1, len(small) + 1)
-    out = relabel[lab]
+    out = np.zeros((H, W), np.int32)
+    if len(small):
+        out.ravel()[idx] = relabel[lv]                           # the big ones get 0 here, filled below
     k = len(small)
-    big = np.flatnonzero(areas[1:] >= min_area_px) + 1
+    big = np.flatnonzero(is_big)
     if len(big) == 0:
         return out, k
+    sel = is_big[lv]                                             # bounding boxes of the big ones
+    compact = np.zeros(n + 1, np.int64)
+    compact[big] = np.arange(len(big))
+    lb = compact[lv[sel]]
+    rows, cols = np.divmod(idx[sel], W)
+    lo_r, lo_c = np.full(len(big), H), np.full(len(big), W)
+    hi_r, hi_c = np.full(len(big), -1), np.full(len(big), -1)
+    np.minimum.at(lo_r, lb, rows); np.maximum.at(hi_r, lb, rows)
+    np.minimum.at(lo_c, lb, cols); np.maximum.at(hi_c, lb, cols)
+    for j, i in enumerate(big):
+        sl = (slice(max(lo_r[j] - 1, 0), min(hi_r[j] + 2, H)), slice(max(lo_c[j] - 1, 0), min(hi_c[j] + 2, W)))
+        m = lab[sl] == i
+        dist = ndimage.distance_transform_edt(m)
+        pk = _peaks(dist, min_distance_px)
+        if len(pk) <= 1:
+            out[sl][m] = k + 1
+            k += 1
+            continue
+        markers = np.zeros(m.shape, np.int32)
+        markers[pk[:, 0], pk[:, 1]] = np.arange(1, len(pk) + 1)
+        ws = watershed(-dist, markers, mask=m)
+        out[sl][m] = ws[m] + k
+        k += len(pk)
+    return out, k
     relabel[:] = 0
     relabel[big] = np.arange(1, len(big) + 1)
     lab_big = relabel[lab] if len(small) else lab                  # bounding boxes of the big ones only
@@ -119,12 +153,12 @@ def pick_particles(
     if n == 0:
         return empty
     disc_area = np.pi * diameter_px**2 / 4
+    idx = np.flatnonzero(lab)                  # the foreground pixels: all the work below is on these
     if split:
-        lab, n = _split_touching(lab, n, min_distance_frac * diameter_px, min_area_frac * disc_area)
+        lab, n = _split_touching(lab, n, min_distance_frac * diameter_px, min_area_frac * disc_area, idx)
         if n == 0:
             return empty
-    # per-region statistics over the foreground pixels only (a few % of a micrograph), with bincount
-    idx = np.flatnonzero(lab)
+    # per-region statistics with bincount (splitting keeps the foreground, so `idx` still holds)
     lv = lab.ravel()[idx]
     rows, cols = np.divmod(idx, p.shape[1])
     w = p.ravel()[idx].astype(np.float64)
