@@ -7,7 +7,8 @@
    the validation set itself) against the labels. With footprint labels (the default: projection > 10 % of its
    maximum, irregular and orientation-dependent) a network at low SNR can only beat it by seeing each
    footprint's shape through the noise, so it says how demanding a given IoU target is.
-2. Throughput: training tiles/s (forward + backward + AdamW step, batch `--batch` of `--size`² crops) for each
+2. Throughput: training tiles/s (forward + backward + AdamW step, batch `--batch` of `--size`² crops, channels-last
+   as in `fit`) for each
    model in `MODEL_NAMES`, on the CPU and on CUDA when present.
 
     python bench/train.py                      # everything, CPU threads = all cores
@@ -106,8 +107,7 @@ def throughput(name: str, device: torch.device, batch: int, size: int, steps: in
     x = torch.randn(batch, 1, size, size, device=device)
     y = (torch.rand(batch, size, size, device=device) > 0.9).long()
     amp = device.type == "cuda"
-    if amp:
-        model = model.to(memory_format=torch.channels_last); x = x.contiguous(memory_format=torch.channels_last)
+    model = model.to(memory_format=torch.channels_last); x = x.contiguous(memory_format=torch.channels_last)  # as `fit`
 
     def step():
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
