@@ -942,7 +942,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--tile-size", type=int, default=512, help="tile size in pixels (default 512)")
     p.add_argument("--overlap", type=int, default=64, help="tile overlap in pixels (default 64)")
-    p.add_argument("--batch-size", type=int, default=None, help="tiles per batch (default 4 on CPU, 16 on CUDA)")
+    p.add_argument("--batch-size", type=int, default=None, help="tiles per batch (default 1 on CPU, 16 on CUDA)")
     p.add_argument("--crf", choices=CRF_CHOICES, default="none",
                    help="dense CRF: cpu = pydensecrf2, torch = PyTorch CRF on --device, gpu = PyTorch CRF on CUDA (default none)")
     _cfg_args(p, "CRFParams", "n_iter=10", prefix="crf-")
