@@ -95,24 +95,6 @@ def _split_touching(lab: np.ndarray, n: int, min_distance_px: float, min_area_px
         out[sl][m] = ws[m] + k
         k += len(pk)
     return out, k
-    relabel[:] = 0
-    relabel[big] = np.arange(1, len(big) + 1)
-    lab_big = relabel[lab] if len(small) else lab                  # bounding boxes of the big ones only
-    for i, sl in enumerate(ndimage.find_objects(lab_big), 1):
-        sl = tuple(slice(max(s.start - 1, 0), min(s.stop + 1, size)) for s, size in zip(sl, lab.shape))
-        m = lab_big[sl] == i
-        dist = ndimage.distance_transform_edt(m)
-        pk = _peaks(dist, min_distance_px)
-        if len(pk) <= 1:
-            out[sl][m] = k + 1
-            k += 1
-            continue
-        markers = np.zeros(m.shape, np.int32)
-        markers[pk[:, 0], pk[:, 1]] = np.arange(1, len(pk) + 1)
-        ws = watershed(-dist, markers, mask=m)
-        out[sl][m] = ws[m] + k
-        k += len(pk)
-    return out, k
 
 
 def pick_particles(
