@@ -23,10 +23,9 @@ from cryoseg.cli import machine_info
 
 
 def timed(fn, repeat: int, sync=None):
-    "Best-of-`repeat` (wall s, CPU s) of `fn()`, and its last result; `PEAK_GB[-1]`: its peak CUDA memory."
+    "Best-of-`repeat` (wall s, CPU s) of `fn()`, its peak CUDA memory in GB (None off CUDA), and its last result."
     best, out = (float("inf"), float("inf")), None
     if sync: torch.cuda.reset_peak_memory_stats()
-    PEAK_GB.append(None)
     for _ in range(repeat):
         if sync: sync()
         w, c = time.perf_counter(), time.process_time()
@@ -34,11 +33,8 @@ def timed(fn, repeat: int, sync=None):
         if sync: sync()
         w, c = time.perf_counter() - w, time.process_time() - c
         if w < best[0]: best = (w, c)
-    if sync: PEAK_GB[-1] = torch.cuda.max_memory_allocated() / 2**30
-    return best, out
-
-
-PEAK_GB: list = []
+    peak = torch.cuda.max_memory_allocated() / 2**30 if sync else None
+    return (*best, peak), out
 
 
 def run(size: int, device: str, repeat: int, n_particles: int, tile_size: int, pydensecrf: bool) -> list[dict]:
@@ -50,20 +46,20 @@ def run(size: int, device: str, repeat: int, n_particles: int, tile_size: int, p
     sync = torch.cuda.synchronize if device.startswith("cuda") else None
     cfg = SimConfig(shape=(size, size), n_particles=n_particles, box_size=128, pixel_size_a=1.0)
     rows = []
-    (w, c), sim = timed(lambda: simulate_micrograph(None, cfg, seed=0, device=device), repeat, sync)
-    rows.append(dict(stage=f"simulate ({n_particles} particles, box 128)", wall=w, cpu=c, peak=PEAK_GB[-1]))
+    (w, c, g), sim = timed(lambda: simulate_micrograph(None, cfg, seed=0, device=device), repeat, sync)
+    rows.append(dict(stage=f"simulate ({n_particles} particles, box 128)", wall=w, cpu=c, peak=g))
     diameter = float(sim.params["diameter_px"])
     model = get_model("unet").to(device).eval()
-    (w, c), prob = timed(lambda: predict_tiled(model, sim.image, tile_size=tile_size, overlap=64, device=device), repeat, sync)
-    rows.append(dict(stage=f"tiled U-Net inference (tiles {tile_size}, overlap 64)", wall=w, cpu=c, peak=PEAK_GB[-1]))
-    (w, c), q = timed(lambda: crf_tiled(prob, sim.image, method="torch", device=device), repeat, sync)
-    rows.append(dict(stage="dense CRF, torch (5 iterations, `crf_tiled` default tiles)", wall=w, cpu=c, peak=PEAK_GB[-1]))
+    (w, c, g), prob = timed(lambda: predict_tiled(model, sim.image, tile_size=tile_size, overlap=64, device=device), repeat, sync)
+    rows.append(dict(stage=f"tiled U-Net inference (tiles {tile_size}, overlap 64)", wall=w, cpu=c, peak=g))
+    (w, c, g), q = timed(lambda: crf_tiled(prob, sim.image, method="torch", device=device), repeat, sync)
+    rows.append(dict(stage="dense CRF, torch (5 iterations, `crf_tiled` default tiles)", wall=w, cpu=c, peak=g))
     if pydensecrf and device == "cpu":
-        (w, c), _ = timed(lambda: crf_tiled(prob, sim.image, method="pydensecrf"), repeat)
+        (w, c, _), _ = timed(lambda: crf_tiled(prob, sim.image, method="pydensecrf"), repeat)
         rows.append(dict(stage="dense CRF, pydensecrf2 (5 iterations, tiled)", wall=w, cpu=c))
     # a trained network's map is near 0/1; pick on the exact mask so the picker sees realistic regions
     pm = sim.mask.astype(np.float32)
-    (w, c), picks = timed(lambda: pick_particles(pm, diameter), repeat)
+    (w, c, _), picks = timed(lambda: pick_particles(pm, diameter), repeat)
     rows.append(dict(stage=f"picking ({len(picks)} particles)", wall=w, cpu=c))
     net_crf_pick = sum(r["wall"] for r in rows[1:] if "pydensecrf" not in r["stage"])
     rows.append(dict(stage="predict + CRF (torch) + pick", wall=net_crf_pick,
