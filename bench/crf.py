@@ -10,8 +10,8 @@ between the outputs (matched output) and speed ratios against pydensecrf2 measur
 from __future__ import annotations
 
 import argparse
-import os
 import time
+from functools import partial
 
 import numpy as np
 import torch
@@ -68,14 +68,14 @@ def main(argv=None):
         prob, img, truth = problem(size)
         res = {}
         if "pydensecrf" not in args.skip:
-            res["pydensecrf2 (CPU)"] = timed(lambda: dense_crf(prob, img, par, method="pydensecrf"), args.repeat)
+            res["pydensecrf2 (CPU)"] = timed(partial(dense_crf, prob, img, par, method="pydensecrf"), args.repeat)
         if "torch-cpu" not in args.skip:
-            res["torch CPU"] = timed(lambda: dense_crf(prob, img, par, method="torch", device="cpu"), args.repeat)
+            res["torch CPU"] = timed(partial(dense_crf, prob, img, par, method="torch", device="cpu"), args.repeat)
         if "tiled" not in args.skip:
-            res["torch CPU, 1024² tiles"] = timed(lambda: crf_tiled(prob, img, par, tile_size=1024, device="cpu"), args.repeat)
+            res["torch CPU, 1024² tiles"] = timed(partial(crf_tiled, prob, img, par, tile_size=1024, device="cpu"), args.repeat)
         if torch.cuda.is_available() and "torch-cuda" not in args.skip:
             dense_crf(prob[:256, :256], img[:256, :256], par, device="cuda")   # warm-up
-            res["torch CUDA"] = timed(lambda: dense_crf(prob, img, par, method="torch", device="cuda"),
+            res["torch CUDA"] = timed(partial(dense_crf, prob, img, par, method="torch", device="cuda"),
                                       max(args.repeat, 3), sync=torch.cuda.synchronize)
         else:
             res["torch CUDA"] = ((None, None), None)

@@ -21,7 +21,7 @@ def stages(size: int, device: str) -> dict:
     "name → zero-argument callable, on one seeded 4096²-style problem."
     from cryoseg.simulate import SimConfig, simulate_micrograph
     from cryoseg.models import get_model
-    from cryoseg.data import predict_tiled
+    from cryoseg.predict import predict_tiled
     from cryoseg.crf import dense_crf
     from cryoseg.pick import pick_particles
     cfg = SimConfig(shape=(size, size), n_particles=max(1, int(150 * (size / 4096) ** 2)), box_size=128, pixel_size_a=1.0)

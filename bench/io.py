@@ -16,7 +16,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cryoseg.io import make_particles, read_micrograph, read_particles, write_micrograph, write_particles
+from cryoseg.coords import read_particles, write_particles
+from cryoseg.io import read_micrograph, write_micrograph
+from cryoseg.particles import make_particles
 from cryoseg.core import describe_machine
 
 

@@ -1,4 +1,4 @@
-"""Timings of cryoseg.labels at real-data sizes (not a test).
+"""Timings of cryoseg.labels and cryoseg.preprocess.downsample at real-data sizes (not a test).
 
     OMP_NUM_THREADS=1 python bench/labels.py [--full]
 
@@ -10,13 +10,13 @@ import argparse
 import time
 
 import numpy as np
-import pandas as pd
 import torch
 
 from cryoseg.core import get_device
-from cryoseg.io import make_particles
-from cryoseg.labels import disc_labels, downsample, footprint_labels, reprojection_labels
-from cryoseg.simulate import random_rotations, matrix_to_euler
+from cryoseg.labels import disc_labels, footprint_labels, reprojection_labels
+from cryoseg.particles import make_particles
+from cryoseg.preprocess import downsample
+from cryoseg.projection import matrix_to_euler, random_rotations
 from cryoseg.volumes import make_volume
 
 

@@ -8,7 +8,7 @@ import time
 
 import numpy as np
 
-from cryoseg.evaluate import match_picks, picking_metrics
+from cryoseg.metrics import match_picks, picking_metrics
 from cryoseg.pick import pick_particles
 
 

@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from cryoseg.cli import machine_info
+from cryoseg.cli.common import machine_info
 
 
 def simulate_split(root: Path, n: int, cfg, seed: int):
@@ -42,7 +42,8 @@ def simulate_split(root: Path, n: int, cfg, seed: int):
 
 def load_split(root: Path):
     from cryoseg.data import load_folder
-    from cryoseg.io import read_particles, read_mask
+    from cryoseg.coords import read_particles
+    from cryoseg.io import read_mask
     fd = load_folder(root)
     truth = pd.concat([read_particles(root / "coordinates" / f"{n}.star", allow_empty=True).assign(micrograph=f"{n}.mrc")
                        for n in fd.names], ignore_index=True)
@@ -51,7 +52,7 @@ def load_split(root: Path):
 
 
 def score(picks, truth, names, diameter, preds=None, targets=None) -> dict:
-    from cryoseg.evaluate import picking_metrics, pr_curve, average_precision, pixel_metrics
+    from cryoseg.metrics import picking_metrics, pr_curve, average_precision, pixel_metrics
     kw = dict(micrographs=names)
     m = picking_metrics(picks, truth, diameter, **kw)
     row = dict(precision=m["precision"], recall=m["recall"], f1=m["f1"], n_picks=m["n_picks"],
@@ -64,7 +65,7 @@ def score(picks, truth, names, diameter, preds=None, targets=None) -> dict:
 
 def run_network(name, tr, va, te, diameter, epochs, out: Path, device, crop) -> list[dict]:
     from cryoseg.train import TrainConfig, fit
-    from cryoseg.data import predict_tiled
+    from cryoseg.predict import predict_tiled
     from cryoseg.crf import crf_tiled
     from cryoseg.pick import pick_particles
     fdt, truth, _ = te
@@ -89,8 +90,8 @@ def run_network(name, tr, va, te, diameter, epochs, out: Path, device, crop) -> 
 
 
 def run_baselines(te, diameter, volume) -> list[dict]:
-    from cryoseg.evaluate import blob_picker, template_picker
-    from cryoseg.simulate import project, random_rotations
+    from cryoseg.baselines import blob_picker, template_picker
+    from cryoseg.projection import project, random_rotations
     fdt, truth, _ = te
     names = [f"{n}.mrc" for n in fdt.names]
     blob = pd.concat([blob_picker(im, diameter, micrograph=n) for im, n in zip(fdt.images, names)], ignore_index=True)
@@ -106,7 +107,7 @@ def run_topaz(topaz: str, tr_root: Path, te_root: Path, tr, te, diameter, epochs
     """Topaz through its own CLI: `topaz train` on the training micrographs and true coordinates, then
     `topaz extract` on the test micrographs; picks scored with cryoseg's rule at Topaz's default
     threshold (score >= 0) and as AP over its scores."""
-    from cryoseg.io import read_topaz
+    from cryoseg.coords import read_topaz
     work.mkdir(parents=True, exist_ok=True)
     fd, truth, _ = tr
     truth.assign(image_name=truth["micrograph"].str.replace(".mrc", "", regex=False),

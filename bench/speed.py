@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cryoseg.cli import machine_info
+from cryoseg.cli.common import machine_info
 
 
 def timed(fn, repeat: int, sync=None):
@@ -40,7 +40,7 @@ def timed(fn, repeat: int, sync=None):
 def run(size: int, device: str, repeat: int, n_particles: int, tile_size: int, pydensecrf: bool) -> list[dict]:
     from cryoseg.simulate import SimConfig, simulate_micrograph
     from cryoseg.models import get_model
-    from cryoseg.data import predict_tiled
+    from cryoseg.predict import predict_tiled
     from cryoseg.crf import crf_tiled
     from cryoseg.pick import pick_particles
     sync = torch.cuda.synchronize if device.startswith("cuda") else None

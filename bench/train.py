@@ -1,4 +1,4 @@
-"""Training benchmarks for cryoseg (04_data, 05_models, 06_train). Not a test: prints a Markdown report.
+"""Training benchmarks for cryoseg (04_data, 05_models, 06_train, 06a_predict). Not a test: prints a Markdown report.
 
 1. Time to target: wall time for the default U-Net (`TrainConfig()` defaults) to reach a validation pixel IoU
    of `--target-iou` (0.85) on the default synthetic set (`SimConfig(snr=--snr)`, 256² micrographs,
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 
 import numpy as np
@@ -50,9 +49,9 @@ def disc_oracle_iou(results, diameters=None) -> tuple[float, float]:
 def time_to_target(args, device: torch.device) -> dict:
     from cryoseg.simulate import SimConfig, simulate_micrograph
     from cryoseg.train import TrainConfig, fit
-    from cryoseg.data import predict_tiled
+    from cryoseg.predict import predict_tiled
     from cryoseg.pick import pick_particles
-    from cryoseg.evaluate import picking_metrics
+    from cryoseg.metrics import picking_metrics
     sim = SimConfig(snr=args.snr)
     t0 = time.perf_counter()
     res = [simulate_micrograph(cfg=sim, seed=s) for s in range(args.n_train + args.n_val)]

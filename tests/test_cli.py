@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from cryoseg.cli import main, shard_items, parse_shard, write_config, config_name
+from cryoseg.cli.common import config_name, parse_shard, shard_items, write_config
+from cryoseg.cli.main import main
 
 COMMANDS = [["simulate"], ["label"], ["label", "synthetic"], ["label", "cryoppp"], ["label", "reproject"],
             ["train"], ["predict"], ["pick"], ["evaluate"], ["demo"]]
@@ -62,6 +63,28 @@ def test_python_dash_m():
                        timeout=120)
     assert r.returncode == 0, r.stderr
     assert "--shard" in r.stdout and "--crf" in r.stdout
+
+
+def test_help_imports_no_stage_module():
+    "`cryoseg pick --help` answers without importing torch, matplotlib, numpy or any stage module."
+    code = ("import sys\nfrom cryoseg.cli.main import main\ntry:\n    main(['pick', '--help'])\nexcept SystemExit:\n    pass\n"
+            "heavy = [m for m in ('torch', 'matplotlib', 'numpy', 'pandas', 'cryoseg.io', 'cryoseg.pick') if m in sys.modules]\n"
+            "print('HEAVY', ','.join(heavy))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip().endswith("HEAVY"), r.stdout[-300:]
+
+
+@pytest.mark.parametrize("old, new", [(["label", "cryoppp", "--bin", "2"], ["label", "cryoppp", "--bin-factor", "2"]),
+                                      (["train", "--init", "a.pt"], ["train", "--init-checkpoint", "a.pt"]),
+                                      (["demo", "--labels", "disc"], ["demo", "--kind", "disc"])])
+def test_one_spelling_per_idea_old_flags_still_work(old, new):
+    "Flags are spelled like the library's names; the older spellings remain as aliases."
+    from cryoseg.cli.main import make_parser
+    req = dict(label=["--data", "d", "--out", "o"], train=["--data", "d", "--out", "o"], demo=[])
+    extra = req[old[0]]
+    a, b = make_parser().parse_args(old + extra), make_parser().parse_args(new + extra)
+    assert vars(a) == vars(b)
 
 
 def test_missing_command_is_usage_error(capsys):
@@ -168,7 +191,9 @@ def test_config_not_overwritten_without_force(tmp_path):
 def _prob_maps(root, n=4, size=96, diameter=12, seed=0):
     "Probability maps = disc labels at random, well separated centres; the true coordinates as STAR files."
     import numpy as np
-    from cryoseg.io import make_particles, write_micrograph, write_particles
+    from cryoseg.coords import write_particles
+    from cryoseg.io import write_micrograph
+    from cryoseg.particles import make_particles
     from cryoseg.labels import disc_labels
     rng = np.random.default_rng(seed)
     for k in range(n):
@@ -301,7 +326,7 @@ def test_simulate_refuses_existing(capsys, sim):
 def test_label_synthetic_disc_and_footprint(capsys, sim, tmp_path):
     import numpy as np
     from cryoseg.io import read_mask
-    from cryoseg.evaluate import pixel_metrics
+    from cryoseg.metrics import pixel_metrics
     for kind in ("disc", "footprint"):
         rc, _, err = run(capsys, "label", "synthetic", "--data", sim, "--out", tmp_path / kind, "--kind", kind, "--quiet")
         assert rc == 0, err
@@ -321,7 +346,7 @@ def test_label_reproject_matches_footprints(capsys, sim, tmp_path):
     from cryoseg.simulate import SimConfig
     from cryoseg.volumes import make_volume
     from cryoseg.io import read_mask
-    from cryoseg.evaluate import pixel_metrics
+    from cryoseg.metrics import pixel_metrics
     c = SimConfig()
     vol = make_volume(c.volume_kind, c.box_size, c.pixel_size_a, c.diameter_a, c.volume_seed)
     with mrcfile.new(tmp_path / "vol.mrc") as m:
@@ -335,7 +360,7 @@ def test_label_reproject_matches_footprints(capsys, sim, tmp_path):
 
 
 def test_label_cryoppp_sample(capsys, tmp_path):
-    from cryoseg.labels import make_cryoppp_sample
+    from cryoseg.datasets import make_cryoppp_sample
     from cryoseg.io import read_micrograph, read_mask
     root = make_cryoppp_sample(tmp_path / "ppp", n_micrographs=2, seed=0)
     rc, _, err = run(capsys, "label", "cryoppp", "--data", root, "--out", tmp_path / "lab", "--bin", 2, "--quiet")

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from cryoseg.crf import (CRFParams, crf_bruteforce, crf_pydensecrf, crf_torch, crf_tiled, dense_crf,
-                         crf_mean_field, crf_feature_image, _toy_problem)
+                         crf_mean_field, crf_feature_image)
+from cryoseg.testing import toy_crf_problem
 
 # Tolerances we promise (measured on 24x24 toys, 5 iterations, the parameter sets below, seeds 0-3):
 #   torch (bilateral grid, default 1.5 cells/σ): labels agree >= 99% of pixels, max |ΔQ| < 0.1, mean |ΔQ| < 0.005
@@ -28,7 +29,7 @@ PARAMS = [
 @pytest.mark.parametrize("pi", range(len(PARAMS)))
 @pytest.mark.parametrize("seed", [0, 1])
 def test_agrees_with_reference(method, pi, seed):
-    prob, img, _ = _toy_problem(24, seed=seed)
+    prob, img, _ = toy_crf_problem(24, seed=seed)
     par = PARAMS[pi]
     ref = crf_bruteforce(prob, img, par)
     out = dense_crf(prob, img, par, method=method)
@@ -65,7 +66,7 @@ def test_three_labels_and_general_compat(method):
 
 @pytest.mark.parametrize("method", ["torch", "pydensecrf", "bruteforce"])
 def test_zero_pairwise_is_unary_argmax(method):
-    prob, img, _ = _toy_problem(24, seed=2)
+    prob, img, _ = toy_crf_problem(24, seed=2)
     par = CRFParams(w_gaussian=0, w_bilateral=0)
     out = dense_crf(prob, img, par, method=method)
     np.testing.assert_array_equal(out > 0.5, prob > 0.5)
@@ -91,14 +92,14 @@ def test_valid_probabilities_and_deterministic(method):
 
 def test_intensity_scale_invariance():
     "The feature image is z-scored: an affine change of the micrograph's intensities changes nothing."
-    prob, img, _ = _toy_problem(24, seed=5)
+    prob, img, _ = toy_crf_problem(24, seed=5)
     par = PARAMS[0]
     np.testing.assert_allclose(crf_torch(prob, img, par), crf_torch(prob, 37 * img + 1000, par), atol=1e-4)
     np.testing.assert_allclose(crf_bruteforce(prob, img, par), crf_bruteforce(prob, 37 * img + 1000, par), atol=1e-5)  # img is float32
 
 
 def test_transpose_equivariance():
-    prob, img, _ = _toy_problem(24, seed=6)
+    prob, img, _ = toy_crf_problem(24, seed=6)
     par = PARAMS[0]
     np.testing.assert_allclose(crf_bruteforce(prob.T, img.T, par), crf_bruteforce(prob, img, par).T, atol=1e-12)
     np.testing.assert_allclose(crf_torch(prob.T, img.T, par), crf_torch(prob, img, par).T, atol=1e-5)
@@ -117,7 +118,7 @@ def test_bilateral_respects_edges():
 
 
 def test_mean_field_is_differentiable():
-    prob, img, _ = _toy_problem(16, seed=7)
+    prob, img, _ = toy_crf_problem(16, seed=7)
     par = PARAMS[0]
     logp = torch.log(torch.as_tensor(np.stack([1 - prob, prob])).clamp(1e-5, 1)).double()
     feat = crf_feature_image(img, par.lowpass_sigma_px, dtype=torch.float64)
@@ -135,7 +136,7 @@ def test_mean_field_is_differentiable():
 
 
 def test_tiled_matches_untiled():
-    prob, img, _ = _toy_problem(100, seed=8)
+    prob, img, _ = toy_crf_problem(100, seed=8)
     par = replace(PARAMS[0], sxy_bilateral_px=6)
     whole = crf_torch(prob, img, par)
     tiled = crf_tiled(prob, img, par, tile_size=40)
@@ -150,7 +151,7 @@ def test_tiled_matches_untiled():
 
 @pytest.mark.parametrize("method", ["torch", "pydensecrf", "bruteforce"])
 def test_bad_inputs(method):
-    prob, img, _ = _toy_problem(16, seed=9)
+    prob, img, _ = toy_crf_problem(16, seed=9)
     f = lambda p, i: dense_crf(p, i, method=method)
     with pytest.raises(ValueError, match="shape mismatch"):
         f(prob, img[:, :-1])
@@ -177,7 +178,7 @@ def test_bad_inputs(method):
 
 
 def test_bad_params_and_method():
-    prob, img, _ = _toy_problem(16)
+    prob, img, _ = toy_crf_problem(16)
     with pytest.raises(ValueError, match="unknown CRF method"):
         dense_crf(prob, img, method="convcrf")
     with pytest.raises(ValueError, match="max_pixels"):
@@ -191,7 +192,7 @@ def test_bad_params_and_method():
 def test_cpu_blocking_matches_one_piece(monkeypatch):
     "The cache-blocked CPU filtering gives the same result as filtering in one piece (the CUDA code path)."
     import cryoseg.crf as crf
-    prob, img, _ = _toy_problem(100, seed=10)
+    prob, img, _ = toy_crf_problem(100, seed=10)
     par = replace(PARAMS[0], sxy_bilateral_px=6)
     one_piece = crf_torch(prob, img, par)                 # 100 x 100 < one block
     monkeypatch.setattr(crf, "CPU_CHUNK_PX", 700)         # blocks of 7 rows, halos of 15 rows

@@ -40,7 +40,7 @@ def test_to_numpy_from_several_threads():
 
 
 def test_normalize_on_the_gpu_equals_numpy():
-    from cryoseg.data import normalize
+    from cryoseg.preprocess import normalize
     x = np.random.default_rng(0).gamma(2.0, 3.0, (2100, 2100)).astype(np.float32)
     np.testing.assert_allclose(normalize(torch.from_numpy(x).cuda()).cpu().numpy(), normalize(x), atol=1e-6)
 
@@ -77,7 +77,7 @@ def test_simulate_cuda_matches_cpu():
 
 
 def test_predict_tiled_cuda_matches_cpu():
-    from cryoseg.data import predict_tiled
+    from cryoseg.predict import predict_tiled
     from cryoseg.models import get_model
     torch.manual_seed(0)
     model = get_model("unet").eval()

@@ -1,9 +1,9 @@
-"""cryoseg.io: bad input, exact round trips and fuzzing (hypothesis), downloads against a local server.
+"""cryoseg.io, cryoseg.coords, cryoseg.particles and cryoseg.fetch: bad input, exact round trips and fuzzing
+(hypothesis), downloads against a local server.
 
-Fast and offline: every HTTP request goes to `serve_folder` on 127.0.0.1.
+Fast and offline: every HTTP request goes to `cryoseg.testing.serve_folder` on 127.0.0.1.
 """
 import hashlib
-import math
 import socket
 import warnings
 from pathlib import Path
@@ -14,12 +14,14 @@ import pandas as pd
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from cryoseg.io import (
-    PARTICLE_COLUMNS, atomic_path, check_coordinates, download, flip_y, make_particles, read_box,
-    read_cryoppp_csv, read_mask, read_micrograph, read_particles, read_star, read_topaz, serve_folder,
-    strip_uid, write_box, write_cryoppp_csv, write_mask, write_micrograph, write_particles, write_star,
-    write_topaz,
+from cryoseg.coords import (
+    read_box, read_cryoppp_csv, read_particles, read_star, read_topaz, strip_uid, write_box, write_cryoppp_csv,
+    write_particles, write_star, write_topaz,
 )
+from cryoseg.fetch import download
+from cryoseg.io import atomic_path, read_mask, read_micrograph, write_mask, write_micrograph
+from cryoseg.particles import PARTICLE_COLUMNS, check_coordinates, flip_y, make_particles
+from cryoseg.testing import serve_folder
 
 FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 CLEAR_ERRORS = (ValueError, FileNotFoundError)
@@ -507,59 +509,53 @@ def test_serve_folder_ranges(site):
     assert e.value.code == 416
 
 
-def test_download_resume_from_part(site, tmp_path):
+def test_download_whole_file_and_checksum(site, tmp_path):
+    "pooch downloads from byte 0 (no resume): a stale .part is ignored; a wrong SHA-256 leaves nothing behind."
     url, payload = site
     dest = tmp_path / "out" / "f.bin"
     dest.parent.mkdir()
-    # a .part whose first bytes are deliberately wrong: if download resumes (Range) they survive,
-    # which proves that only the rest was fetched; the checksum then catches the corruption
-    (dest.parent / "f.bin.part").write_bytes(b"\0" * 1000)
+    (dest.parent / "f.bin.part").write_bytes(b"\0" * 1000)        # left by cryoseg's old downloader
     got = download(url + "f.bin", dest, progress=False)
-    assert got.read_bytes() == b"\0" * 1000 + payload[1000:]
-    assert url.requests[-1] == ("/f.bin", "bytes=1000-")
+    assert got.read_bytes() == payload
+    assert url.requests[-1] == ("/f.bin", None)                  # the whole file, no Range request
     dest.unlink()
-    (dest.parent / "f.bin.part").write_bytes(b"\0" * 1000)
     with pytest.raises(ValueError, match="SHA-256 mismatch"):
-        download(url + "f.bin", dest, sha256=hashlib.sha256(payload).hexdigest(), progress=False)
-    assert not dest.exists() and not (dest.parent / "f.bin.part").exists()
-    # an honest partial file resumes to the right bytes
-    (dest.parent / "f.bin.part").write_bytes(payload[:70_000])
+        download(url + "f.bin", dest, sha256="0" * 64, progress=False, retries=0)
+    assert not dest.exists()
+    assert sorted(p.name for p in dest.parent.iterdir()) == ["f.bin.part"]   # no temporary file left
     download(url + "f.bin", dest, expected_size=len(payload), sha256=hashlib.sha256(payload).hexdigest(), progress=True)
     assert dest.read_bytes() == payload
 
 
-def test_download_complete_part_and_overwrite(site, tmp_path):
+def test_download_existing_file_and_overwrite(site, tmp_path):
     url, payload = site
     dest = tmp_path / "f.bin"
-    (tmp_path / "f.bin.part").write_bytes(payload)          # already complete: server answers 416
     download(url + "f.bin", dest, progress=False)
     assert dest.read_bytes() == payload
+    n = len(url.requests)
+    assert download(url + "f.bin", dest, sha256=hashlib.sha256(payload).hexdigest(), progress=False) == dest
+    assert len(url.requests) == n                                # a matching file is a cache hit: no request
     dest.write_bytes(b"old")
     with pytest.raises(FileExistsError, match="does not match"):
         download(url + "f.bin", dest, expected_size=len(payload), progress=False)
     assert download(url + "f.bin", dest, progress=False).read_bytes() == b"old"   # no check requested: kept
     download(url + "f.bin", dest, overwrite=True, progress=False)
     assert dest.read_bytes() == payload
-    # a .part longer than the remote file (server answers 416 with the true size): start again
-    dest2 = tmp_path / "g.bin"
-    (tmp_path / "g.bin.part").write_bytes(payload + b"garbage")
-    assert download(url + "f.bin", dest2, progress=False).read_bytes() == payload
 
 
-def test_download_size_checked_after_resume(site, tmp_path):
-    "Without Content-Length knowledge of the whole, the final size check still catches a wrong file."
+def test_download_size_checked(site, tmp_path):
+    "The final size check catches a wrong file, and nothing is left behind."
     url, payload = site
-    (tmp_path / "h.bin.part").write_bytes(payload[:1000])
     with pytest.raises(ValueError, match="expected 5 bytes"):
         download(url + "f.bin", tmp_path / "h.bin", expected_size=5, progress=False)
-    assert list(tmp_path.glob("h.bin*")) == []
+    assert list(tmp_path.glob("*h.bin*")) == []
 
 
 def test_download_wrong_size(site, tmp_path):
     url, payload = site
-    with pytest.raises(ValueError, match=f"f.bin: download failed: .* expected 10 bytes, the server reports {len(payload)}"):
+    with pytest.raises(ValueError, match=rf"f.bin: download of .* is corrupt \(expected 10 bytes, got {len(payload)}\)"):
         download(url + "f.bin", tmp_path / "f.bin", expected_size=10, progress=False)
-    assert list(tmp_path.glob("f.bin*")) == []
+    assert list(tmp_path.glob("*f.bin*")) == []
 
 
 def test_download_unreachable(tmp_path):
@@ -568,29 +564,47 @@ def test_download_unreachable(tmp_path):
         port = s.getsockname()[1]
     url = f"http://127.0.0.1:{port}/x.bin"
     with pytest.raises(ConnectionError, match=f"could not download {url}"):
-        download(url, tmp_path / "x.bin", progress=False, timeout_s=2)
+        download(url, tmp_path / "x.bin", progress=False, timeout_s=2, retries=0)
     assert not (tmp_path / "x.bin").exists()
+
+
+def test_download_timeout(tmp_path):
+    "A server that accepts the connection and never answers: ConnectionError after `timeout_s`."
+    import time
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(1)
+        url = f"http://127.0.0.1:{s.getsockname()[1]}/x.bin"
+        t0 = time.perf_counter()
+        with pytest.raises(ConnectionError, match=f"could not download {url}: .*Timeout"):
+            download(url, tmp_path / "x.bin", progress=False, timeout_s=0.5, retries=0)
+        assert time.perf_counter() - t0 < 10
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_download_http_error(site, tmp_path):
     url, _ = site
     with pytest.raises(ConnectionError, match="HTTP 404"):
-        download(url + "missing", tmp_path / "m", progress=False)
-    assert list(tmp_path.glob("m*")) == []
+        download(url + "missing", tmp_path / "m", progress=False, retries=0)
+    assert list(tmp_path.glob("*m*")) == []
 
 
-def test_download_interrupted_then_resumed(site, tmp_path):
-    "A server that drops the connection half-way: ConnectionError, .part kept, next call resumes."
+def _flaky_server(payload, fail_first: int, cut: bool):
+    "A server whose first `fail_first` answers fail: a dropped connection half-way (`cut`) or HTTP 503."
     import http.server
     import threading
-    url, payload = site
+    calls = []
 
     class Flaky(http.server.BaseHTTPRequestHandler):
         def do_GET(self):
+            calls.append(self.path)
+            if len(calls) <= fail_first and not cut:
+                self.send_error(503, "busy")
+                return
             self.send_response(200)
             self.send_header("Content-Length", str(len(payload)))
             self.end_headers()
-            self.wfile.write(payload[:60_000])
+            self.wfile.write(payload[:60_000] if len(calls) <= fail_first else payload)
             self.wfile.flush()
             self.close_connection = True
 
@@ -598,25 +612,48 @@ def test_download_interrupted_then_resumed(site, tmp_path):
             pass
 
     srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Flaky)
-    t = threading.Thread(target=srv.serve_forever, daemon=True)
-    t.start()
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    return srv, f"http://127.0.0.1:{srv.server_address[1]}/f.bin", calls
+
+
+def test_download_interrupted(site, tmp_path):
+    "A server that drops the connection half-way: ConnectionError, nothing left behind; the next call works."
+    url, payload = site
+    srv, flaky, _ = _flaky_server(payload, fail_first=10, cut=True)
+    dest = tmp_path / "out" / "f.bin"
     try:
-        flaky = f"http://127.0.0.1:{srv.server_address[1]}/f.bin"
-        dest = tmp_path / "f.bin"
         with pytest.raises(ConnectionError, match=f"could not download {flaky}"):
-            download(flaky, dest, progress=False, timeout_s=5)
+            download(flaky, dest, progress=False, timeout_s=5, retries=0)
     finally:
         srv.shutdown()
         srv.server_close()
-    assert not dest.exists()
-    assert (tmp_path / "f.bin.part").read_bytes() == payload[:60_000]
+    assert not dest.parent.exists() or list(dest.parent.iterdir()) == []
     download(url + "f.bin", dest, sha256=hashlib.sha256(payload).hexdigest(), progress=False)
-    assert dest.read_bytes() == payload and url.requests[-1][1] == "bytes=60000-"
+    assert dest.read_bytes() == payload
+
+
+@pytest.mark.parametrize("cut", [False, True])
+def test_download_retries(tmp_path, cut):
+    "pooch retries after a failed attempt (HTTP 503, or a connection dropped half-way)."
+    payload = np.random.default_rng(4).bytes(100_000)
+    srv, flaky, calls = _flaky_server(payload, fail_first=1, cut=cut)
+    try:
+        with pytest.raises(ConnectionError):
+            download(flaky, tmp_path / "a.bin", progress=False, retries=0)
+        del calls[:]
+        got = download(flaky, tmp_path / "b.bin", sha256=hashlib.sha256(payload).hexdigest(), progress=False, retries=1)
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    assert got.read_bytes() == payload and len(calls) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b.bin"]
 
 
 def test_download_bad_url(tmp_path):
     with pytest.raises(ValueError, match="not an http"):
         download("data/f.bin", tmp_path / "f.bin", progress=False)
+    with pytest.raises(ValueError, match="not an http"):
+        download("file:///etc/hostname", tmp_path / "f.bin", progress=False)
 
 
 def test_star_optics_validation(tmp_path):

@@ -1,14 +1,23 @@
-"Tests for cryoseg.labels: label invariants, bad input, CryoPPP layout and download (local server only)."
+"""Tests for cryoseg.labels, cryoseg.preprocess (downsampling) and cryoseg.datasets (CryoPPP layout and download,
+local server only): label invariants, bad input, hypothesis properties."""
 import io as _io
 import math
 import tarfile
-import warnings
 
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given, settings, strategies as st
 
-from cryoseg.labels import disc_labels, downsample, scale_particles, seed_recipe_labels, _safe_extract
+from cryoseg.coords import read_particles, write_particles
+from cryoseg.datasets import _safe_extract, download_cryoppp, load_cryoppp, make_cryoppp_sample
+from cryoseg.io import read_mask, read_micrograph
+from cryoseg.labels import disc_labels, footprint_labels, reprojection_labels, seed_recipe_labels
+from cryoseg.particles import scale_particles
+from cryoseg.preprocess import downsample
+from cryoseg.simulate import SimConfig, simulate_dataset
+from cryoseg.testing import serve_folder
+from cryoseg.volumes import make_volume
 
 
 # ---- disc labels -------------------------------------------------------------------------------
@@ -114,13 +123,6 @@ def test_safe_extract_not_a_tar(tmp_path):
 
 
 # ---- labels from projections vs the simulator ---------------------------------------------------
-from cryoseg.io import read_mask, read_micrograph, read_particles, serve_folder, write_particles
-from cryoseg.labels import (download_cryoppp, footprint_labels, load_cryoppp, make_cryoppp_sample,
-                            reprojection_labels)
-from cryoseg.simulate import SimConfig, simulate_dataset
-from cryoseg.volumes import make_volume
-
-
 def _iou(a, b):
     a, b = np.asarray(a) > 0, np.asarray(b) > 0
     return (a & b).sum() / max((a | b).sum(), 1)
@@ -229,7 +231,7 @@ def test_cryoppp_missing_coordinates_reported(sample, tmp_path):
         load_cryoppp(b)
 
 
-def test_download_cryoppp_roundtrip_and_resume(sample, tmp_path):
+def test_download_cryoppp_roundtrip_after_interruption(sample, tmp_path):
     served = tmp_path / "srv"
     served.mkdir()
     with tarfile.open(served / "99999.tar.gz", "w:gz") as tf:
@@ -237,13 +239,13 @@ def test_download_cryoppp_roundtrip_and_resume(sample, tmp_path):
     size = (served / "99999.tar.gz").stat().st_size
     cache = tmp_path / "cache"
     (cache / "cryoppp").mkdir(parents=True)
-    # an interrupted earlier download: the first half is already there
+    # an interrupted earlier download left half a file behind: it is neither taken for the archive nor in the way
+    # (cryoseg.fetch.download goes through pooch, which does not resume: the archive is downloaded again, whole)
     (cache / "cryoppp" / "99999.tar.gz.part").write_bytes((served / "99999.tar.gz").read_bytes()[: size // 2])
     with serve_folder(served) as url:
         root = download_cryoppp(99999, cache_dir=cache, base_url=url, expected_size=size, progress=False, keep_archive=True)
-        ranges = [r for r in url.requests if r[1]]
-    assert ranges and str(size // 2) in ranges[0][1]          # resumed with a Range request
     assert (cache / "cryoppp" / "99999.tar.gz").stat().st_size == size
+    assert (cache / "cryoppp" / "99999.tar.gz").read_bytes() == (served / "99999.tar.gz").read_bytes()
     assert len(load_cryoppp(root)) == 2
     # lite data go to their own folder
     with serve_folder(served) as url:
@@ -270,9 +272,6 @@ def test_download_cryoppp_split_dataset(sample, tmp_path):
 
 
 # ---- properties ---------------------------------------------------------------------------------
-from hypothesis import given, settings, strategies as st
-
-
 @settings(max_examples=40, deadline=None)
 @given(st.lists(st.tuples(st.floats(0, 47), st.floats(0, 39), st.floats(1, 20)), min_size=0, max_size=12))
 def test_disc_labels_union_and_nearest(discs):

@@ -1,9 +1,16 @@
-"Tests of cryoseg.pick and cryoseg.evaluate: hand-computed metrics, zero divisions, bad inputs."
+"Tests of cryoseg.pick, cryoseg.metrics, cryoseg.baselines, cryoseg.plots and cryoseg.widgets: hand-computed metrics, zero divisions, bad inputs."
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
-from cryoseg.evaluate import confusion_counts, pixel_scores, pixel_metrics
+from cryoseg.baselines import blob_picker, template_picker
+from cryoseg.coords import read_particles, write_particles
+from cryoseg.metrics import (average_precision, confusion_counts, match_boxes, match_picks, metrics_table,
+                             picking_metrics, picking_table, pixel_metrics, pixel_scores, pr_curve)
+from cryoseg.pick import pick_particles
+from cryoseg.plots import plot_picks, plot_pr
+from cryoseg.testing import soft_discs as _discs
 
 
 def test_counts_hand_example():
@@ -58,8 +65,6 @@ def test_micro_vs_macro():
 
 
 # ---------------------------------------------------------------- matching and picking metrics
-import pandas as pd
-from cryoseg.evaluate import match_picks, match_boxes, picking_metrics, picking_table, pr_curve, average_precision
 
 
 def test_match_never_reuses_a_truth():
@@ -153,17 +158,6 @@ def test_pr_and_ap():
 
 
 # ---------------------------------------------------------------- picking
-from cryoseg.pick import pick_particles
-from cryoseg.io import read_particles, write_particles
-
-
-def _discs(shape, centres, d, oversample=4):
-    H, W = shape
-    yy, xx = (np.mgrid[0:H * oversample, 0:W * oversample] + 0.5) / oversample - 0.5
-    m = np.zeros(yy.shape, bool)
-    for cx, cy in centres:
-        m |= (xx - cx) ** 2 + (yy - cy) ** 2 <= (d / 2) ** 2
-    return m.reshape(H, oversample, W, oversample).mean((1, 3)).astype(np.float32)
 
 
 @pytest.mark.parametrize("d", [8, 13, 20])
@@ -215,7 +209,6 @@ def test_export_round_trip(tmp_path, ext):
 
 
 # ---------------------------------------------------------------- baselines, simulation, widgets
-from cryoseg.evaluate import blob_picker, template_picker, plot_picks, plot_pr, metrics_table
 
 
 def _dark_discs(seed=0, snr=2.0, d=12):

@@ -1,11 +1,10 @@
-"Data, models and training (04_data, 05_models, 06_train): fast CPU checks, bad inputs, resume, 2-process DDP."
+"Data, models, training and prediction (04_data, 05_models, 06_train, 06a_predict): fast CPU checks, bad inputs, resume, 2-process DDP."
 import json
 import os
 import socket
 import subprocess
 import sys
 import textwrap
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -13,8 +12,10 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from cryoseg.data import IGNORE_INDEX, SegDataset, load_folder, normalize, predict_tiled
+from cryoseg.data import IGNORE_INDEX, SegDataset, load_folder
 from cryoseg.models import MODEL_NAMES, UNet, count_parameters, get_model
+from cryoseg.predict import predict_tiled
+from cryoseg.preprocess import normalize
 from cryoseg.train import TrainConfig, evaluate, fit, load_checkpoint, seg_loss, train_one_epoch
 
 torch.set_num_threads(1)
@@ -133,7 +134,7 @@ def test_predict_tiled_memory_4096():
     code = textwrap.dedent("""
         import resource, numpy as np, torch
         torch.set_num_threads(1)
-        from cryoseg.data import predict_tiled
+        from cryoseg.predict import predict_tiled
         net = torch.nn.Conv2d(1, 2, 3, padding=1)
         img = np.random.default_rng(0).normal(size=(4096, 4096)).astype(np.float32)
         p = predict_tiled(net, img, tile_size=512, overlap=64, batch_size=4, device="cpu")

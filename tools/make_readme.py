@@ -3,7 +3,8 @@
 Markdown cells are copied, code cells become ```python blocks, `#| hide` cells are skipped.
 `python tools/make_readme.py --check` exits 1 when README.md is out of date (CI runs it).
 """
-import json, sys
+import json
+import sys
 from pathlib import Path
 
 root = Path(__file__).resolve().parents[1]
@@ -16,7 +17,7 @@ for cell in nb["cells"]:
     if cell["cell_type"] == "markdown":
         parts.append(src)
     elif cell["cell_type"] == "code" and not src.startswith("#| hide"):
-        lines = [l for l in src.splitlines() if not l.startswith("#|")]
+        lines = [line for line in src.splitlines() if not line.startswith("#|")]
         parts.append("```python\n" + "\n".join(lines) + "\n```")
 text = "<!-- generated from nbs/index.ipynb by tools/make_readme.py: edit the notebook, not this file -->\n\n" + "\n\n".join(parts) + "\n"
 readme = root / "README.md"
