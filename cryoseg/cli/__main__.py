@@ -5,11 +5,11 @@
 # %% auto #0
 __all__ = []
 
-# %% ../../nbs/11i_cli_python_m.ipynb #a853a5bf
+# %% ../../nbs/11i_cli_python_m.ipynb #edf18ca4
 import sys
 
 from .main import main
 
-# %% ../../nbs/11i_cli_python_m.ipynb #c0f07195
+# %% ../../nbs/11i_cli_python_m.ipynb #3a843a4b
 if __name__ == "__main__" and "__file__" in globals():
     sys.exit(main())
