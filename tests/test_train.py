@@ -169,9 +169,14 @@ def test_overfit_single_tile():
     batch = [(x[None], y[None])]
     net = UNet(depth=2, width=8)
     opt = torch.optim.AdamW(net.parameters(), lr=1e-2)
-    for _ in range(60):
+    # A network that can learn must memorise one tile. How fast depends on the CPU's floating point
+    # (after 60 steps IoU was above 0.9 on one Intel CPU, 0.8948 on an AMD EPYC), so the claim is memorisation
+    # itself: IoU >= 0.99 within 300 steps. Seeds 0-2 reach 1.0 by step 120 on both: a 2.5x margin.
+    for step in range(300):
         train_one_epoch(net, batch, opt, device="cpu")
-    assert evaluate(net, batch, device="cpu")["iou"] > 0.9
+        if step % 20 == 19 and evaluate(net, batch, device="cpu")["iou"] >= 0.99:
+            break
+    assert evaluate(net, batch, device="cpu")["iou"] >= 0.99
 
 
 def test_loss_ignores_padding():
