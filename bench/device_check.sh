@@ -23,7 +23,7 @@ step 130 "training: time to target + throughput (bench/train.py)" \
 step 90  "end-to-end speed 4096² (bench/speed.py)" \
   python3 bench/speed.py --devices cuda --repeat 3 --out "$OUT/speed.md"
 step 120 "demo on the GPU (cryoseg demo)" \
-  python3 -c "import sys; from cryoseg.cli import main; sys.argv[0] = 'cryoseg'; sys.exit(main())" demo --out /tmp/cryoseg-demo --force
+  python3 -c "import sys; from cryoseg.cli.main import main; sys.argv[0] = 'cryoseg'; sys.exit(main())" demo --out /tmp/cryoseg-demo --force
 cp /tmp/cryoseg-demo/report.md "$OUT/demo_report.md" 2>/dev/null
 step 70  "dense CRF, pydensecrf2 vs torch CUDA (bench/crf.py)" \
   python3 bench/crf.py --sizes 1024 4096 --threads 1 --skip torch-cpu tiled

@@ -8,7 +8,7 @@ Prints seconds per write/read (best of --repeat) and checks that each round trip
 from __future__ import annotations
 
 import argparse
-import os
+from functools import partial
 import tempfile
 import time
 from pathlib import Path
@@ -52,9 +52,9 @@ def main():
                            particle_id=np.arange(1, n + 1))
         for ext in ("star", "box", "csv", "txt"):
             f = d / f"p.{ext}"
-            tw, _ = best(lambda: write_particles(f, p, overwrite=True), a.repeat)
+            tw, _ = best(partial(write_particles, f, p, overwrite=True), a.repeat)
             kw = {"micrograph": "mic_0000"} if ext in ("box", "csv") else {}
-            tr, back = best(lambda: read_particles(f, **kw), a.repeat)
+            tr, back = best(partial(read_particles, f, **kw), a.repeat)
             assert np.array_equal(back[["x", "y"]].to_numpy(), p[["x", "y"]].to_numpy())
             if ext == "star":
                 pd.testing.assert_frame_equal(back, p, check_exact=True)

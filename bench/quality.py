@@ -205,7 +205,7 @@ def main():
     df = pd.DataFrame(rows)
     cols = ["snr", "junk", "method", "pixel_precision", "pixel_recall", "pixel_iou", "precision", "recall", "f1", "ap", "n_picks"]
     df = df[[c for c in cols if c in df.columns]]
-    text = "\n".join([f"### Picking quality on the seeded synthetic benchmark (`bench/quality.py`)", "", head, "",
+    text = "\n".join(["### Picking quality on the seeded synthetic benchmark (`bench/quality.py`)", "", head, "",
                       f"{a.size}² micrographs at 4 Å/px, {n_particles} particles each, train/val/test = "
                       f"{a.n_train}/{a.n_val}/{a.n_test} micrographs, {a.epochs} epochs; picks matched one-to-one within "
                       "0.5 × diameter; pixel scores at P > 0.5 against the exact footprints.", "",

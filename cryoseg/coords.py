@@ -20,8 +20,8 @@ from .io import atomic_path, check_file
 from .particles import check_particles, extra_columns, flip_y as _flip, make_particles
 
 # %% auto #0
-__all__ = ['UID_RE', 'strip_uid', 'parse_star', 'read_star', 'write_star', 'read_box', 'write_box', 'read_cryoppp_csv',
-           'write_cryoppp_csv', 'read_topaz', 'write_topaz', 'read_particles', 'write_particles']
+__all__ = ['UID_RE', 'COORDINATE_EXTENSIONS', 'strip_uid', 'parse_star', 'read_star', 'write_star', 'read_box', 'write_box',
+           'read_cryoppp_csv', 'write_cryoppp_csv', 'read_topaz', 'write_topaz', 'read_particles', 'write_particles']
 
 # %% ../nbs/01a_coords.ipynb #240e834f
 _LINEBREAK = re.compile(r"[\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]")
@@ -639,6 +639,7 @@ def write_topaz(path: str | os.PathLike, particles: pd.DataFrame, overwrite: boo
 
 # %% ../nbs/01a_coords.ipynb #a3b4100b
 _READERS = {".star": read_star, ".box": read_box, ".csv": read_cryoppp_csv, ".txt": read_topaz, ".tsv": read_topaz}
+COORDINATE_EXTENSIONS = tuple(_READERS)   # what read_particles reads, by extension
 _FORMATS = {"star": ".star", "relion": ".star", "box": ".box", "eman": ".box", "csv": ".csv", "cryoppp": ".csv",
             "topaz": ".txt", "txt": ".txt"}
 

@@ -4,7 +4,6 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -27,7 +26,7 @@ def run(capsys, *argv):
 
 def assert_one_line_error(rc, err, *contains):
     assert rc == 2, (rc, err)
-    lines = [l for l in err.splitlines() if l.strip()]
+    lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1, err
     assert lines[0].startswith("cryoseg ") and "error:" in lines[0], lines[0]
     assert "Traceback" not in err

@@ -17,10 +17,10 @@ import zlib
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['COORDINATE_EXTENSIONS', 'parse_shard', 'stem', 'shard_of', 'shard_items', 'coordinate_files', 'check_outputs',
-           'check_diameter', 'config_name', 'machine_info', 'write_json', 'write_config', 'parse_sets', 'build_config',
-           'progress_bar', 'setup_device', 'Stopwatch', 'one_line', 'common_options', 'add_command', 'path_args',
-           'config_args', 'shard_arg', 'diameter_arg', 'threshold_arg', 'call']
+__all__ = ['parse_shard', 'stem', 'shard_of', 'shard_items', 'coordinate_files', 'check_outputs', 'check_diameter', 'config_name',
+           'machine_info', 'write_json', 'write_config', 'parse_sets', 'build_config', 'progress_bar', 'setup_device',
+           'Stopwatch', 'one_line', 'common_options', 'add_command', 'path_args', 'config_args', 'shard_arg',
+           'diameter_arg', 'threshold_arg', 'call']
 
 # %% ../../nbs/11_cli.ipynb #a7ab2fa9
 def parse_shard(shard: str | tuple[int, int] | None) -> tuple[int, int] | None:
@@ -58,12 +58,10 @@ def shard_items(items, shard: str | tuple[int, int] | None) -> list:
     return [p for p in items if shard_of(p, n) == i]
 
 # %% ../../nbs/11_cli.ipynb #cc1e1996
-COORDINATE_EXTENSIONS = (".star", ".box", ".csv", ".txt")
-
-
 def coordinate_files(path: str | Path) -> dict[str, Path]:
     """Coordinate files by micrograph name, from a folder (or a dataset folder with `coordinates/`);
     `{"": path}` for a single file."""
+    from cryoseg.coords import COORDINATE_EXTENSIONS
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file or folder")
