@@ -110,7 +110,9 @@ def test_caches_do_not_change_results(tmp_path):
     for seed in (1, 2):                                    # warm: volume, DFT, stats and CTF caches
         simulate_micrograph(None, SimConfig(**cfg), seed=seed)
     warm = simulate_micrograph(None, SimConfig(**cfg), seed=3)
-    code = ("import sys, numpy as np; from cryoseg.simulate import SimConfig, simulate_micrograph; "
+    import torch   # same thread count in both processes (tests/test_train.py sets 1): float sums depend on it
+    code = (f"import sys, numpy as np, torch; torch.set_num_threads({torch.get_num_threads()}); "
+            "from cryoseg.simulate import SimConfig, simulate_micrograph; "
             f"r = simulate_micrograph(None, SimConfig(**{cfg!r}), seed=3, device='cpu'); "
             "np.savez(sys.argv[1], image=r.image, instances=r.instances, junk=r.junk)")
     subprocess.run([sys.executable, "-c", code, str(tmp_path / "cold.npz")], check=True)
