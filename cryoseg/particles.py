@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import os
 import warnings
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
+
+if TYPE_CHECKING:        # pandas is imported where a table is made or checked, so that importing
+    import pandas as pd  # cryoseg.particles (and cryoseg.pick, cryoseg.metrics above it) stays cheap
 
 # %% auto #0
 __all__ = ['PARTICLE_COLUMNS', 'OPTIONAL_FLOAT_COLUMNS', 'OPTIONAL_INT_COLUMNS', 'NAME_EXTENSIONS', 'make_particles',
@@ -55,6 +58,7 @@ def make_particles(x, y, score=None, micrograph="", diameter_px=None, **columns)
     """The coordinate table: particle centres `x` (column), `y` (row) in pixels, `score` (NaN if None),
     `micrograph` name (str or one per particle), `diameter_px` (NaN if None), plus optional columns
     (`rot_deg`, ..., `particle_id`, or any other name, kept as given)."""
+    import pandas as pd
     x = np.atleast_1d(np.asarray(x, dtype=np.float64)).ravel()
     n = len(x)
     y = _column(y, n, "y", np.float64)
@@ -84,6 +88,7 @@ def make_particles(x, y, score=None, micrograph="", diameter_px=None, **columns)
 # %% ../nbs/00a_particles.ipynb #61169b2a
 def check_particles(particles, what: str = "particles") -> pd.DataFrame:
     "`particles` if it is a DataFrame with `x` and `y` columns, else a ValueError naming `what`."
+    import pandas as pd
     if not isinstance(particles, pd.DataFrame):
         raise ValueError(f"{what}: expected a DataFrame from make_particles, got {type(particles).__name__}")
     missing = [c for c in ("x", "y") if c not in particles.columns]

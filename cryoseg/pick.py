@@ -5,9 +5,12 @@
 # %% ../nbs/08_pick.ipynb #ffe255b3
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import pandas as pd
-from scipy import ndimage
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 from .core import check_image, check_positive
 from .particles import make_particles
@@ -28,6 +31,7 @@ def _probability_map(prob) -> np.ndarray:
 # %% ../nbs/08_pick.ipynb #c1cc7928
 def _components(p: np.ndarray, threshold: float) -> tuple[np.ndarray, int]:
     "Connected components (4-connectivity) of `p > threshold`: `(labels int32 (H, W), count)`, 0 = background."
+    from scipy import ndimage    # scipy (and pandas) are imported on first use: `import cryoseg.pick` costs numpy only
     return ndimage.label(p > threshold)
 
 # %% ../nbs/08_pick.ipynb #93cf5ff3
@@ -40,6 +44,7 @@ def find_peaks(
     window_px: int | None = None,     # candidates are maxima of their window (None: 2 ⌊min_distance_px⌋ + 1)
 ) -> np.ndarray:
     "(k, 2) int (row, col) of the spaced local maxima of `a`, best first (ties in raster order)."
+    from scipy import ndimage
     from scipy.spatial import cKDTree
     a = np.asarray(a)
     md = max(float(min_distance_px), 1.0)
@@ -76,6 +81,7 @@ def split_touching_reference(lab: np.ndarray, n: int, min_distance_px: float,
     """Split the components 1..n of `lab` (from `ndimage.label`) into touching particles: one watershed region
     per spaced peak (`find_peaks`) of each component's distance map. The readable reference of `_split_touching`
     (same result, much slower on a large micrograph). Returns `(labels int32 (H, W), count)`."""
+    from scipy import ndimage
     from skimage.segmentation import watershed
     out = np.zeros(lab.shape, np.int32)
     areas = np.bincount(lab.ravel(), minlength=n + 1)
@@ -102,6 +108,7 @@ def _split_touching(lab: np.ndarray, n: int, min_distance_px: float, min_area_px
                     idx: np.ndarray | None = None) -> tuple[np.ndarray, int]:
     """`split_touching_reference`, with the bookkeeping on the foreground pixels only (`idx`: `np.flatnonzero(lab)`,
     if already known), so the cost grows with the foreground, not with the micrograph. Returns `(labels, count)`."""
+    from scipy import ndimage
     from skimage.segmentation import watershed
     H, W = lab.shape
     idx = np.flatnonzero(lab) if idx is None else idx
