@@ -1,19 +1,29 @@
 """Picking quality against peers on a fixed, seeded synthetic benchmark.
 
-For each SNR (and ice/junk off or on) the same seeded train/val/test micrographs are simulated; then
+For each condition, an SNR (Gaussian noise; `--snrs`) or a dose (shot noise with the phase derived from
+the potential; `--doses`, e⁻/Å²), and ice/junk off or on, the same seeded train/val/test micrographs are
+simulated; then
   * U-Net (default), and with --models also FCN-ResNet50 / DeepLabv3-ResNet50 (slow on a CPU),
     each without CRF, with pydensecrf2 and with the torch CRF;
-  * the blob picker (LoG) and template matching against projections of the true volume
-    (an upper reference only a simulation allows);
+  * the blob picker (LoG) and NCC template matching with 24 CTF-free random views of the true volume
+    at a fixed threshold (a classical picker, not a bound);
+  * the ideal observer (`cryoseg.baselines.ideal_observer_picks`): the matched filter with every particle's
+    true view, CTF and detector (the bound no picker beats in expectation), and with random views of the
+    true volume (what knowing the molecule but not the views allows);
   * Topaz (`pip install topaz-em`), trained through its own CLI on the same training micrographs and
     coordinates, when a `topaz` executable is found (--topaz-bin), evaluated with cryoseg's rule;
 are scored on the test micrographs: pixel precision/recall/IoU (where there is a map) and picking
-precision/recall/F1 + AP, matched one-to-one within 0.5 × diameter. Prints the machine and a
-markdown snippet for BENCHMARKS.md.
+precision/recall/F1 at each picker's own threshold, the best F1 along its precision–recall curve and AP,
+matched one-to-one within 0.5 × diameter, with 95 % bootstrap intervals over test micrographs for F1
+and AP. Each condition states its SNR fully (`cryoseg.simulate.snr_report`, mean over the test
+micrographs): the footprint SNR per pixel at the pixel size, the matched filter's d′ and the equivalent
+dose. Prints the machine and a markdown snippet for BENCHMARKS.md.
 
     OMP_NUM_THREADS=2 python bench/quality.py --quick                  # minutes on a 2-core CPU
-    python bench/quality.py --size 1024 --snrs 0.1,0.05,0.01 --junk both --epochs 30 --models unet,fcn_resnet50,deeplabv3_resnet50
+    python bench/quality.py --size 1024 --snrs 0.1,0.05,0.01 --doses 10,20,40 --junk both --epochs 30 --models unet,fcn_resnet50,deeplabv3_resnet50
     python bench/quality.py --topaz-bin /path/to/venv/bin/topaz         # add Topaz
+    python bench/quality.py --size 192 --n-particles 6 --snrs 0.1 --doses 20 --n-train 2 --n-val 1 --n-test 2 \
+        --epochs 1 --crop 64 --bootstrap 50 --ideal-views 8 --topaz-bin ""      # end-to-end check, ~1 min
 """
 from __future__ import annotations
 
@@ -40,6 +50,15 @@ def simulate_split(root: Path, n: int, cfg, seed: int):
     return root
 
 
+def simulate_results(n: int, cfg, seed: int, volume) -> list:
+    """The SimResults `simulate_dataset(root, n, cfg, volume, seed)` writes, in memory (same seeds: micrograph i
+    uses the i-th child of SeedSequence(seed)), for the observers that need the truth (the ideal observer)."""
+    from cryoseg.simulate import simulate_micrograph
+    seeds = np.random.SeedSequence(int(seed)).spawn(n)
+    return [simulate_micrograph(volume, cfg, np.random.default_rng(seeds[i]), device="cpu", name=f"mic_{i:04d}.mrc")
+            for i in range(n)]
+
+
 def load_split(root: Path):
     from cryoseg.data import load_folder
     from cryoseg.coords import read_particles
@@ -51,19 +70,65 @@ def load_split(root: Path):
     return fd, truth, junk
 
 
-def score(picks, truth, names, diameter, preds=None, targets=None) -> dict:
-    from cryoseg.metrics import picking_metrics, pr_curve, average_precision, pixel_metrics
-    kw = dict(micrographs=names)
-    m = picking_metrics(picks, truth, diameter, **kw)
-    row = dict(precision=m["precision"], recall=m["recall"], f1=m["f1"], n_picks=m["n_picks"],
-               ap=average_precision(pr_curve(picks, truth, diameter, **kw)) if len(picks) else 0.0)
+N_BOOT = 1000
+
+
+def _thresholds(scores: np.ndarray, n: int = 50) -> np.ndarray:
+    "pr_curve's default thresholds: every score when there are few, else n quantiles (the lowest included)."
+    u = np.unique(scores)
+    return u if len(u) <= n else np.unique(np.quantile(scores, np.linspace(0, 1, n)))
+
+
+def _counts(picks, truth, names, diameter, thresholds) -> np.ndarray:
+    """Per-micrograph counts `(n_micrographs, 1 + n_thresholds, 3)` = (n_picks, n_matched, n_true): first with
+    every pick (the picker's own threshold), then at each score threshold (descending)."""
+    from cryoseg.metrics import picking_table
+    cols = ["n_picks", "n_matched", "n_true"]
+    tabs = [picking_table(picks, truth, diameter, micrographs=names, total=False)]
+    tabs += [picking_table(picks, truth, diameter, micrographs=names, total=False, score_threshold=float(t))
+             for t in np.sort(thresholds)[::-1]]
+    return np.stack([t[cols].to_numpy(np.float64) for t in tabs], axis=1)
+
+
+def _scores_from(c: np.ndarray) -> tuple[float, float, float]:
+    "(F1 with every pick, best F1 over thresholds, AP) from counts summed over micrographs `(1 + n_thr, 3)`."
+    from cryoseg.metrics import average_precision, picking_scores
+    f1 = picking_scores(int(c[0, 1]), int(c[0, 0]), int(c[0, 2]))["f1"]
+    curve = pd.DataFrame([dict(n_picks=int(p), **picking_scores(int(m), int(p), int(t))) for p, m, t in c[1:]])
+    if len(curve) == 0:
+        return f1, f1, 0.0
+    return f1, float(curve["f1"].max()), average_precision(curve)
+
+
+def bootstrap(counts: np.ndarray, n_boot: int = N_BOOT, seed: int = 0) -> dict:
+    """95 % percentile intervals of F1 and AP over `n_boot` resamplings of the micrographs (with replacement),
+    thresholds fixed at the full sample's. With few test micrographs the interval is itself rough."""
+    rng = np.random.default_rng(seed)
+    m = len(counts)
+    f1s, aps = [], []
+    for _ in range(n_boot):
+        f1, _, ap = _scores_from(counts[rng.integers(0, m, m)].sum(0))
+        f1s.append(f1); aps.append(ap)
+    f1_ci, ap_ci = np.percentile(f1s, [2.5, 97.5]), np.percentile(aps, [2.5, 97.5])
+    return dict(f1_lo=float(f1_ci[0]), f1_hi=float(f1_ci[1]), ap_lo=float(ap_ci[0]), ap_hi=float(ap_ci[1]))
+
+
+def score(picks, truth, names, diameter, preds=None, targets=None, n_boot: int = N_BOOT) -> dict:
+    from cryoseg.metrics import picking_metrics, pixel_metrics
+    m = picking_metrics(picks, truth, diameter, micrographs=names)
+    scores = picks["score"].to_numpy(np.float64) if len(picks) else np.zeros(0)
+    counts = _counts(picks, truth, names, diameter, _thresholds(scores))
+    f1, f1_best, ap = _scores_from(counts.sum(0))
+    row = dict(precision=m["precision"], recall=m["recall"], f1=m["f1"], f1_best=f1_best, n_picks=m["n_picks"],
+               ap=ap, **bootstrap(counts, n_boot))
+    assert abs(f1 - m["f1"]) < 1e-12, (f1, m["f1"])
     if preds is not None:
         px = pixel_metrics(preds, targets)
         row.update(pixel_precision=px["precision"], pixel_recall=px["recall"], pixel_iou=px["iou"])
     return row
 
 
-def run_network(name, tr, va, te, diameter, epochs, out: Path, device, crop) -> list[dict]:
+def run_network(name, tr, va, te, diameter, epochs, out: Path, device, crop, n_boot) -> list[dict]:
     from cryoseg.train import TrainConfig, fit
     from cryoseg.predict import predict_tiled
     from cryoseg.crf import crf_tiled
@@ -84,12 +149,12 @@ def run_network(name, tr, va, te, diameter, epochs, out: Path, device, crop) -> 
                 p = crf_tiled(p, img, method=crf, device=device if crf == "torch" else None)
             preds.append(p > 0.5)
             picks.append(pick_particles(p, diameter, micrograph=n))
-        r = score(pd.concat(picks, ignore_index=True), truth, names, diameter, preds, fdt.masks)
+        r = score(pd.concat(picks, ignore_index=True), truth, names, diameter, preds, fdt.masks, n_boot=n_boot)
         rows.append(dict(method=f"{name}" + ("" if crf == "none" else f" + CRF ({crf})"), train_s=t_train, **r))
     return rows
 
 
-def run_baselines(te, diameter, volume) -> list[dict]:
+def run_baselines(te, diameter, volume, n_boot) -> list[dict]:
     from cryoseg.baselines import blob_picker, template_picker
     from cryoseg.projection import project, random_rotations
     fdt, truth, _ = te
@@ -98,8 +163,32 @@ def run_baselines(te, diameter, volume) -> list[dict]:
     templates = project(volume, random_rotations(24, seed=0))
     tm = pd.concat([template_picker(im, templates, diameter, micrograph=n) for im, n in zip(fdt.images, names)],
                    ignore_index=True)
-    return [dict(method="blob picker (LoG)", **score(blob, truth, names, diameter)),
-            dict(method="template matching (true volume, 24 views)", **score(tm, truth, names, diameter))]
+    return [dict(method="blob picker (LoG)", **score(blob, truth, names, diameter, n_boot=n_boot)),
+            dict(method="template matching (NCC, 24 CTF-free views of the true volume, threshold 4σ)",
+                 **score(tm, truth, names, diameter, n_boot=n_boot))]
+
+
+def run_ideal(results, te, diameter, volume, n_views: int, n_boot) -> list[dict]:
+    """The ideal observer on the test micrographs: the matched filter with every particle's true view and CTF,
+    and with `n_views` random views of the true volume, at the log prior odds (and along the PR curve)."""
+    from cryoseg.baselines import ideal_observer_picks
+    fdt, truth, _ = te
+    names = [f"{n}.mrc" for n in fdt.names]
+    rows = []
+    for views, label in (("true", "ideal observer (true views + CTF)"), ("random", f"ideal observer ({n_views} random views + CTF)")):
+        picks = pd.concat([ideal_observer_picks(r, volume, views=views, n_views=n_views, micrograph=n)
+                           for r, n in zip(results, names)], ignore_index=True)
+        rows.append(dict(method=label, **score(picks, truth, names, diameter, n_boot=n_boot)))
+    return rows
+
+
+def snr_summary(results, volume) -> dict:
+    "The SNR of a condition, stated fully (`snr_report`), averaged over its test micrographs."
+    from cryoseg.simulate import snr_report
+    reps = [snr_report(r, volume) for r in results]
+    mean = lambda k: float(np.mean([rp[k] for rp in reps]))
+    return dict(snr_fp=mean("snr_footprint"), snr_img=mean("snr_image"), snr_aspire=mean("snr_aspire"),
+                dprime=mean("dprime_mean"), dose_eq=mean("dose_equivalent_e_a2"))
 
 
 def run_topaz(topaz: str, tr_root: Path, te_root: Path, tr, te, diameter, epochs: int, work: Path,
@@ -131,13 +220,24 @@ def run_topaz(topaz: str, tr_root: Path, te_root: Path, tr, te, diameter, epochs
     fdt, ttruth, _ = te
     names = [f"{n}.mrc" for n in fdt.names]
     r = score(picks[picks["score"] >= 0], ttruth, names, diameter)
-    r["ap"] = score(picks, ttruth, names, diameter)["ap"]
+    full = score(picks, ttruth, names, diameter)
+    r.update({k: full[k] for k in ("ap", "ap_lo", "ap_hi", "f1_best")})
     return [dict(method="Topaz (resnet8, its CLI, threshold 0)", train_s=t_train, **r)]
+
+
+def with_intervals(df: pd.DataFrame) -> pd.DataFrame:
+    "F1 and AP as 'value [lo, hi]' strings (95 % bootstrap intervals); the interval columns dropped."
+    df = df.copy()
+    for k in ("f1", "ap"):
+        if {k, f"{k}_lo", f"{k}_hi"} <= set(df.columns):
+            df[k] = [f"{v:.3f} [{lo:.2f}, {hi:.2f}]" if v == v else "–" for v, lo, hi in zip(df[k], df[f"{k}_lo"], df[f"{k}_hi"])]
+            df = df.drop(columns=[f"{k}_lo", f"{k}_hi"])
+    return df
 
 
 def markdown_table(df: pd.DataFrame) -> str:
     "A markdown table of `df` (floats to 3 decimals), without the optional `tabulate` package."
-    fmt = lambda v: ("–" if v != v else f"{v:.3f}") if isinstance(v, float) else str(v)
+    fmt = lambda v: ("–" if v != v else f"{v:.3g}" if abs(v) >= 100 else f"{v:.3f}") if isinstance(v, float) else str(v)
     lines = ["| " + " | ".join(df.columns) + " |", "|" + "|".join(["---"] * len(df.columns)) + "|"]
     lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in df.itertuples(index=False)]
     return "\n".join(lines)
@@ -146,11 +246,15 @@ def markdown_table(df: pd.DataFrame) -> str:
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", type=int, default=1024, help="micrograph size in px (default 1024)")
-    ap.add_argument("--snrs", default="0.1,0.05,0.01")
+    ap.add_argument("--snrs", default="0.1,0.05,0.01", help="footprint SNRs with Gaussian noise ('' for none)")
+    ap.add_argument("--doses", default="10,20,40", help="doses in e⁻/Å² with shot noise and the physical phase ('' for none)")
     ap.add_argument("--junk", choices=("off", "on", "both"), default="off", help="ice gradient + contaminants")
     ap.add_argument("--n-train", type=int, default=8); ap.add_argument("--n-val", type=int, default=2)
     ap.add_argument("--n-test", type=int, default=4)
     ap.add_argument("--particles-per-mpx", type=float, default=60.0, help="particles per 1024² of micrograph")
+    ap.add_argument("--n-particles", type=int, default=None, help="particles per micrograph (overrides the density)")
+    ap.add_argument("--ideal-views", type=int, default=100, help="random views of the random-view ideal observer")
+    ap.add_argument("--bootstrap", type=int, default=N_BOOT, help="bootstrap resamplings for the 95 %% intervals")
     ap.add_argument("--epochs", type=int, default=12); ap.add_argument("--crop", type=int, default=96)
     ap.add_argument("--models", default="unet", help="comma-separated: unet, fcn_resnet50, deeplabv3_resnet50")
     ap.add_argument("--topaz-bin", default=shutil.which("topaz"), help="the topaz executable (default: on PATH)")
@@ -162,7 +266,7 @@ def main():
     ap.add_argument("--work", default=None, help="keep the data here (default: a temporary folder)")
     a = ap.parse_args()
     if a.quick:
-        a.size, a.snrs, a.n_train, a.n_val, a.n_test, a.epochs = 256, "0.1,0.05", 6, 1, 3, 8
+        a.size, a.snrs, a.doses, a.n_train, a.n_val, a.n_test, a.epochs = 256, "0.1,0.05", "20", 6, 1, 3, 8
         a.topaz_epochs, a.topaz_epoch_size = 5, 200
     if a.threads: torch.set_num_threads(a.threads)
     from cryoseg.core import get_device
@@ -175,40 +279,60 @@ def main():
             + " ".join(f"{x:.1f}" for x in os.getloadavg()) + ".")
     print(head, flush=True)
     work = Path(a.work) if a.work else Path(tempfile.mkdtemp(prefix="cryoseg-quality-"))
-    n_particles = max(int(a.particles_per_mpx * (a.size / 1024) ** 2), 4) if a.size >= 1024 else 15
+    n_particles = (a.n_particles if a.n_particles is not None else
+                   max(int(a.particles_per_mpx * (a.size / 1024) ** 2), 4) if a.size >= 1024 else 15)
+    conditions = [("snr", float(v)) for v in a.snrs.split(",") if v.strip()]
+    conditions += [("dose", float(v)) for v in a.doses.split(",") if v.strip()]
     rows = []
-    for snr in map(float, a.snrs.split(",")):
+    for kind, value in conditions:
         for junk in (("off", "on") if a.junk == "both" else (a.junk,)):
             extra = dict(ice_gradient=0.3, n_contaminants=max(2, n_particles // 15)) if junk == "on" else {}
-            cfg = SimConfig(shape=(a.size, a.size), snr=snr, n_particles=n_particles, **extra)
-            tag = f"snr{snr}_junk{junk}"
-            roots = {s: simulate_split(work / tag / s, n, cfg, a.seed + 1000 * k)
-                     for k, (s, n) in enumerate(dict(train=a.n_train, val=a.n_val, test=a.n_test).items())}
+            noise = dict(snr=value) if kind == "snr" else dict(noise="shot", dose_e_a2=value)
+            cfg = SimConfig(shape=(a.size, a.size), n_particles=n_particles, **noise, **extra)
+            tag = f"{kind}{value}_junk{junk}"
+            label = f"SNR {value:g}" if kind == "snr" else f"{value:g} e⁻/Å²"
+            seeds = dict(train=a.seed, val=a.seed + 1000, test=a.seed + 2000)
+            roots = {s: simulate_split(work / tag / s, n, cfg, seeds[s])
+                     for s, n in dict(train=a.n_train, val=a.n_val, test=a.n_test).items()}
             tr, va, te = (load_split(roots[s]) for s in ("train", "val", "test"))
             diameter = float(np.nanmedian(te[1]["diameter_px"]))
             volume = make_volume(cfg.volume_kind, cfg.box_size, cfg.pixel_size_a, cfg.diameter_a, cfg.volume_seed)
+            results = simulate_results(a.n_test, cfg, seeds["test"], volume)
+            for r, img in zip(results, te[0].images):          # the in-memory truth is what was written
+                assert np.array_equal(r.image, img), "simulate_results differs from simulate_dataset"
+            summary = snr_summary(results, volume)
+            print(json.dumps(dict(condition=label, junk=junk, **summary)), flush=True)
             found = []
             for name in a.models.split(","):
-                found += run_network(name, tr, va, te, diameter, a.epochs, work / tag, device, a.crop)
-            found += run_baselines(te, diameter, volume)
+                found += run_network(name, tr, va, te, diameter, a.epochs, work / tag, device, a.crop, a.bootstrap)
+            found += run_baselines(te, diameter, volume, a.bootstrap)
+            found += run_ideal(results, te, diameter, volume, a.ideal_views, a.bootstrap)
             if a.topaz_bin:
                 try:
                     found += run_topaz(a.topaz_bin, roots["train"], roots["test"], tr, te, diameter, a.topaz_epochs,
                                        work / tag / "topaz", a.topaz_epoch_size)
                 except (subprocess.CalledProcessError, OSError, IndexError) as e:
                     msg = getattr(e, "stderr", "") or str(e)
-                    print(f"Topaz failed at SNR {snr}: {msg.strip().splitlines()[-1] if msg.strip() else e}", flush=True)
+                    print(f"Topaz failed at {label}: {msg.strip().splitlines()[-1] if msg.strip() else e}", flush=True)
             for r in found:
-                r.update(snr=snr, junk=junk)
+                r.update(condition=label, junk=junk, **summary)
                 print(json.dumps(r), flush=True)
             rows += found
     df = pd.DataFrame(rows)
-    cols = ["snr", "junk", "method", "pixel_precision", "pixel_recall", "pixel_iou", "precision", "recall", "f1", "ap", "n_picks"]
-    df = df[[c for c in cols if c in df.columns]]
+    cols = ["condition", "junk", "snr_fp", "dprime", "dose_eq", "method", "pixel_precision", "pixel_recall", "pixel_iou",
+            "precision", "recall", "f1", "f1_lo", "f1_hi", "f1_best", "ap", "ap_lo", "ap_hi", "n_picks"]
+    df = with_intervals(df[[c for c in cols if c in df.columns]])
     text = "\n".join(["### Picking quality on the seeded synthetic benchmark (`bench/quality.py`)", "", head, "",
                       f"{a.size}² micrographs at 4 Å/px, {n_particles} particles each, train/val/test = "
                       f"{a.n_train}/{a.n_val}/{a.n_test} micrographs, {a.epochs} epochs; picks matched one-to-one within "
-                      "0.5 × diameter; pixel scores at P > 0.5 against the exact footprints.", "",
+                      "0.5 × diameter; pixel scores at P > 0.5 against the exact footprints. `snr_fp`: the footprint SNR "
+                      "per pixel at 4 Å/px (var of the CTF-modulated particle contrast over the footprints / white-noise "
+                      "variance), `dprime`: the true-view matched filter's detectability sqrt(Σ signal²/σ²), `dose_eq`: the "
+                      "dose in e⁻/Å² whose shot noise gives that SNR with the phase derived from the potential (means over "
+                      "the test micrographs; `cryoseg.simulate.snr_report`). F1 at each picker's own threshold (the ideal "
+                      "observer's: the log prior odds), `f1_best` along its PR curve; [95 % bootstrap interval over the "
+                      f"{a.n_test} test micrographs, {a.bootstrap} resamplings]. No picker beats the true-view ideal "
+                      "observer in expectation.", "",
                       markdown_table(df), ""])
     print(text)
     if a.out:

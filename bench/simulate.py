@@ -1,7 +1,8 @@
 """Simulator speed benchmark: micrographs per second for a 4096² micrograph with 150 particles (box 128).
 
-Times `simulate_micrograph` on the CPU (and on CUDA when present) with Gaussian noise and with all the
-realism effects on, after one warm-up call (which also caches the volume's 3D DFT, shared by every
+Times `simulate_micrograph` on the CPU (and on CUDA when present) with Gaussian noise, with all the
+realism effects on, and with the physical preset (`SimConfig.realistic`: phase from the potential, shot
+noise through a counting detector's MTF/DQE, the ice's own phase), after one warm-up call (which also caches the volume's 3D DFT, shared by every
 micrograph of a dataset). Targets (issue 3): <= 2 s per micrograph on a 2-core CPU, >= 20/s on one H100.
 
     python bench/simulate.py                     # torch's default thread count
@@ -55,7 +56,8 @@ def main():
                 n_particles=args.particles)
     cfgs = {"gaussian noise": SimConfig(**base),
             "all realism + shot noise": SimConfig(**base, noise="shot", ice_gradient=0.3, ice_noise_rad=0.02,
-                                                  carbon=True, n_contaminants=4)}
+                                                  carbon=True, n_contaminants=4),
+            "SimConfig.realistic()": SimConfig.realistic(**base)}
     devices = args.devices.split(",") if args.devices else ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     print(f"{args.size}² micrograph, {args.particles} particles, box {args.box}, {args.pixel_size} Å/px")
     for dev in devices:

@@ -14,13 +14,22 @@ from scipy.fft import next_fast_len
 from .core import LRUCache, check_image, check_positive, get_device
 
 # %% auto #0
-__all__ = ['electron_wavelength_a', 'CTF', 'ctf_2d_reference', 'ctf_tensor', 'ctf_2d', 'default_pad_px', 'apply_ctf']
+__all__ = ['electron_wavelength_a', 'interaction_constant', 'CTF', 'ctf_2d_reference', 'ctf_tensor', 'ctf_2d', 'default_pad_px',
+           'apply_ctf']
 
 # %% ../nbs/02b_ctf.ipynb #1c21afc3
 def electron_wavelength_a(voltage_kv: float) -> float:
     "Relativistic electron wavelength in Å at an acceleration voltage in kV: λ = 12.2643247 / sqrt(V (1 + 0.978466e-6 V))."
     V = check_positive(voltage_kv, "voltage_kv", "kV") * 1e3
     return 12.2643247 / math.sqrt(V * (1 + 0.978466e-6 * V))
+
+# %% ../nbs/02b_ctf.ipynb #274b95ec
+def interaction_constant(voltage_kv: float) -> float:
+    """The interaction constant σ in rad/(V·Å) at an acceleration voltage in kV (relativistic):
+    σ = 2π / (λ U) · (E₀ + eU) / (2E₀ + eU), λ in Å (`electron_wavelength_a`), U in V, E₀ = 510 998.95 eV."""
+    U = check_positive(voltage_kv, "voltage_kv", "kV") * 1e3
+    e0 = 510_998.95
+    return 2 * math.pi / (electron_wavelength_a(voltage_kv) * U) * (e0 + U) / (2 * e0 + U)
 
 # %% ../nbs/02b_ctf.ipynb #9893dc63
 @dataclasses.dataclass(frozen=True)

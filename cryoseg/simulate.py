@@ -16,18 +16,22 @@ import pandas as pd
 from scipy import ndimage
 
 from .coords import write_particles
-from .core import LRUCache, as_generator, check_positive, get_device, jsonable, package_versions, to_numpy
-from .ctf import CTF, apply_ctf, default_pad_px
+from .core import (LRUCache, as_generator, check_image, check_positive, get_device, jsonable, package_versions,
+                          to_numpy)
+from .ctf import CTF, apply_ctf, default_pad_px, interaction_constant
 from .io import atomic_path, write_mask, write_micrograph
 from .particles import make_particles
-from .projection import footprint_masks, matrix_to_euler, project_tensor, random_rotations, volume_key
-from .volumes import VOLUME_KINDS, make_volume
+from .projection import (euler_to_matrix, footprint_masks, matrix_to_euler, project_tensor, random_rotations,
+                                volume_key)
+from .volumes import ICE_MIP_V, PROTEIN_ICE_CONTRAST_V, VOLUME_KINDS, VOLUME_UNITS, make_volume, potential_scale_v
 
 # %% auto #0
-__all__ = ['max_particles', 'place_particles', 'add_gaussian_noise', 'add_shot_noise', 'ice_thickness', 'carbon_edge',
-           'contaminants', 'SimConfig', 'SimResult', 'volume_stats', 'particle_volume', 'draw_optics', 'Background',
-           'draw_background', 'draw_particles', 'paste_projections', 'image_contrast', 'draw_transmission',
-           'record_image', 'particle_table', 'simulate_micrograph', 'simulate_dataset']
+__all__ = ['WATER_MOLECULES_PER_A3', 'SNR_DEFINITION', 'max_particles', 'place_particles', 'add_gaussian_noise', 'add_shot_noise',
+           'detector_mtf', 'apply_mtf', 'ice_thickness', 'carbon_edge', 'contaminants', 'ice_phase_std_rad',
+           'SimConfig', 'SimResult', 'volume_stats', 'particle_volume', 'particle_phase_scale', 'draw_optics',
+           'Background', 'draw_background', 'draw_particles', 'paste_projections', 'detector_blur', 'ctf_pad_px',
+           'image_contrast', 'draw_transmission', 'record_image', 'particle_table', 'simulate_micrograph',
+           'particle_signals', 'contrast_image', 'result_volume', 'result_signals', 'snr_report', 'simulate_dataset']
 
 # %% ../nbs/02d_simulate.ipynb #4114753a
 def max_particles(shape: tuple[int, int], min_distance_px: float, margin_px: float = 0.0) -> int:
@@ -116,7 +120,7 @@ def place_particles(n: int, shape: tuple[int, int], diameter_px: float, min_dist
 # %% ../nbs/02d_simulate.ipynb #f32fc75c
 def add_gaussian_noise(clean: np.ndarray, snr: float, footprint: np.ndarray | None = None, seed=None
                        ) -> tuple[np.ndarray, dict]:
-    """`clean` plus white Gaussian noise at signal-to-noise ratio `snr`, with SNR = var(clean over the
+    """`clean` plus white Gaussian noise at signal-to-noise ratio `snr`, per pixel: SNR = var(clean over the
     `footprint` pixels) / var(noise) (whole image when `footprint` is None or empty). Returns
     `(noisy float32, info)` with `noise_std`, `snr_footprint` (requested) and `snr_image` (= var(clean over
     the whole image) / var(noise), the definition that depends on how crowded the micrograph is)."""
@@ -138,14 +142,44 @@ def add_gaussian_noise(clean: np.ndarray, snr: float, footprint: np.ndarray | No
 
 def add_shot_noise(contrast: np.ndarray, dose_e_a2: float, pixel_size_a: float, seed=None,
                    transmission: np.ndarray | float = 1.0) -> np.ndarray:
-    """Electron counts `float32` drawn from Poisson(dose · p² · T · (1 + contrast)) per pixel: the weak-phase
-    image at a dose of `dose_e_a2` e⁻/Å² on pixels of `pixel_size_a` Å, `transmission` T (e.g. ice
-    attenuation, default 1). Mean and variance both equal the expected count."""
+    """Electron counts `float32` drawn from Poisson(D · p² · T · (1 + 2 · contrast)) per pixel: the weak-phase
+    intensity (`contrast` = CTF ⊛ φ) at a dose D = `dose_e_a2` e⁻/Å² on pixels of p = `pixel_size_a` Å,
+    `transmission` T (e.g. ice attenuation, default 1). Mean and variance both equal the expected count."""
     check_positive(dose_e_a2, "dose_e_a2", "e⁻/Å²")
     check_positive(pixel_size_a, "pixel_size_a", "Å per pixel")
-    lam = dose_e_a2 * pixel_size_a**2 * np.asarray(transmission) * (1.0 + np.asarray(contrast, np.float64))
+    lam = dose_e_a2 * pixel_size_a**2 * np.asarray(transmission) * (1.0 + 2.0 * np.asarray(contrast, np.float64))
     rng = as_generator(seed)
     return rng.poisson(np.clip(lam, 0, None)).astype(np.float32)
+
+# %% ../nbs/02d_simulate.ipynb #d3fe6233
+def detector_mtf(shape: tuple[int, int], pixel_size_a: float, detector_pixel_a: float | None = None,
+                 rfft: bool = True) -> np.ndarray:
+    """MTF of a counting detector's square pixel (side `detector_pixel_a` Å, default `pixel_size_a`) on the DFT
+    grid of an image of `shape` sampled at `pixel_size_a` Å: `sinc(π s_x a) · sinc(π s_y a)`, float64
+    `(H, W//2+1)` (rfft) or `(H, W)`, origin at `[0, 0]`."""
+    p = check_positive(pixel_size_a, "pixel_size_a", "Å per pixel")
+    a = p if detector_pixel_a is None else check_positive(detector_pixel_a, "detector_pixel_a", "Å")
+    H, W = shape
+    fy = np.fft.fftfreq(H, d=p)[:, None]
+    fx = (np.fft.rfftfreq if rfft else np.fft.fftfreq)(W, d=p)[None, :]
+    return np.sinc(fy * a) * np.sinc(fx * a)            # np.sinc(x) = sin(πx) / (πx)
+
+
+def apply_mtf(image, pixel_size_a: float, detector_pixel_a: float | None = None, pad_px: int = 16,
+              pad_mode: str = "constant"):
+    """`image` `(H, W)` filtered by `detector_mtf`, padded by `pad_px` with zeros (`"constant"`) or the edge
+    values (`"replicate"`) so that the filter does not wrap around. numpy in, float32 numpy out; a torch
+    tensor in, a tensor out (on its device)."""
+    import torch
+    is_tensor = hasattr(image, "detach")
+    img = image if is_tensor else torch.from_numpy(check_image(image, "apply_mtf image"))
+    if pad_mode not in ("constant", "replicate"):
+        raise ValueError(f"pad_mode must be 'constant' or 'replicate', got {pad_mode!r}")
+    H, W = img.shape[-2:]
+    big = torch.nn.functional.pad(img.float()[None, None], (pad_px,) * 4, mode=pad_mode)[0, 0]
+    m = torch.from_numpy(detector_mtf(big.shape, pixel_size_a, detector_pixel_a)).to(big.device, torch.float32)
+    out = torch.fft.irfft2(torch.fft.rfft2(big) * m, s=big.shape)[pad_px:pad_px + H, pad_px:pad_px + W].contiguous()
+    return out if is_tensor else out.numpy()
 
 # %% ../nbs/02d_simulate.ipynb #7d906a86
 def _dilate(mask: np.ndarray, radius_px: float) -> np.ndarray:
@@ -257,54 +291,23 @@ def contaminants(shape: tuple[int, int], n: int, diameter_px: float, seed=None) 
         junk[ys, xs] |= (blob[bs] > 0.1).astype(np.uint8)
     return phase, absorb, junk
 
-# %% ../nbs/02d_simulate.ipynb #7ee50309
-@dataclass
-class SimConfig:
-    "Everything `simulate_micrograph` needs; defaults are a tiny CPU-friendly, learnable set-up. Ranges `(lo, hi)` are drawn per micrograph."
-    shape: tuple[int, int] = (256, 256)          # micrograph (H, W) in pixels
-    pixel_size_a: float = 4.0
-    # particle (used when no volume is given): make_volume(volume_kind, box_size, pixel_size_a, diameter_a)
-    volume_kind: str = "globular"
-    box_size: int = 48
-    diameter_a: float | None = None              # default 60 % of the box: ~29 px at 48 px × 4 Å
-    volume_seed: int = 0
-    # placement
-    n_particles: int = 15
-    particles_per_mpx: float | None = None       # if set, n = density × H·W / 10⁶ (overrides n_particles)
-    min_distance_px: float | None = None         # default one particle diameter (touching); smaller → overlaps
-    margin_px: float | None = None               # default half a diameter
-    n_clusters: int = 0
-    particle_phase_rad: float = 0.15             # peak phase shift of a particle's projection
-    footprint_threshold_frac: float = 0.1        # mask = projection > frac × max
-    # optics (a cryoseg.ctf.CTF per micrograph: see ctf_at)
-    ctf: bool = True                             # False: no CTF, the contrast is minus the phase
-    voltage_kv: float = 300.0
-    cs_mm: float = 2.7
-    amplitude_contrast: float = 0.07
-    b_factor_a2: float = 50.0
-    defocus_um: tuple[float, float] = (1.0, 2.0)         # mean defocus range, positive = underfocus
-    astigmatism_um: tuple[float, float] = (0.0, 0.1)     # |U - V| range
-    phase_shift_deg: float = 0.0
-    ctf_pad_px: int | None = None                 # default: the CTF delocalisation, >= 32 px
-    # noise
-    noise: str = "gaussian"                       # "gaussian" (at snr), "shot" (Poisson at dose_e_a2) or "none"
-    snr: float = 0.1                              # var(clean over footprints) / var(noise)
-    dose_e_a2: float = 40.0
-    # realism, all off by default
-    ice_gradient: float = 0.0                     # relative thickness variation (0.3 → ±30 %)
-    ice_thickness_nm: float = 40.0
-    inelastic_mfp_nm: float = 350.0               # electrons lost (energy filter) as exp(-t / mfp)
-    ice_noise_rad: float = 0.0                    # std of the ice's structural phase texture
-    ice_noise_corr_a: float = 10.0                # its correlation length in Å
-    carbon: bool = False                          # a carbon-film edge; particles only in the hole
-    carbon_phase_rad: float = 0.6
-    n_contaminants: int = 0                       # ice crystals / aggregates, in the junk mask
+# %% ../nbs/02d_simulate.ipynb #21245d99
+WATER_MOLECULES_PER_A3 = 0.0314          # vitreous ice, 0.94 g/cm³
 
-    def __post_init__(self):
-        self.shape = tuple(int(s) for s in self.shape)
-        self.defocus_um = tuple(float(v) for v in self.defocus_um)
-        self.astigmatism_um = tuple(float(v) for v in self.astigmatism_um)
-        _check_config(self)
+
+def ice_phase_std_rad(thickness_nm: float, pixel_size_a: float, voltage_kv: float = 300.0,
+                      structure_factor: float = 0.1) -> float:
+    """Standard deviation (rad) of the ice's phase per pixel of `pixel_size_a` Å through `thickness_nm` of
+    vitreous ice: σ(U) · ICE_MIP_V · sqrt(S · t / ρ_w) / p, counting water molecules whose number fluctuates
+    with variance S × its mean (S = `structure_factor`)."""
+    t = check_positive(thickness_nm, "thickness_nm", "nm") * 10.0
+    p = check_positive(pixel_size_a, "pixel_size_a", "Å per pixel")
+    check_positive(structure_factor, "structure_factor")
+    return interaction_constant(voltage_kv) * ICE_MIP_V * math.sqrt(structure_factor * t / WATER_MOLECULES_PER_A3) / p
+
+# %% ../nbs/02d_simulate.ipynb #247b6295
+class _SimConfigMethods:
+    "What a `SimConfig` answers besides its fields: its CTF at a defocus, particle count, phase mode, DQE(0), JSON, presets."
 
     def ctf_at(self, defocus_u_um: float, defocus_v_um: float | None = None, defocus_angle_deg: float = 0.0) -> CTF:
         "The `CTF` of these optics at a defocus (µm; V defaults to U)."
@@ -319,9 +322,87 @@ class SimConfig:
             return int(self.n_particles)
         return int(round(self.particles_per_mpx * self.shape[0] * self.shape[1] / 1e6))
 
+    @property
+    def physical_phase(self) -> bool:
+        "True when the phase is derived from the potential: `phase_mode` physical, or auto with shot noise."
+        return self.phase_mode == "physical" or (self.phase_mode == "auto" and self.noise == "shot")
+
+    @property
+    def dqe0(self) -> float:
+        "The detector's DQE at zero frequency (1 for the ideal detector)."
+        return self.detector_dqe0 if self.detector == "counting" else 1.0
+
     def to_dict(self) -> dict:
         "Plain JSON types (tuples as lists); `SimConfig(**cfg.to_dict())` gives the config back."
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
+
+    @classmethod
+    def realistic(cls, **overrides) -> SimConfig:
+        """The physical preset: phase from the potential, shot noise at 40 e⁻/Å², a counting detector (sinc MTF,
+        DQE(0) 0.8) and the ice's own phase (`ice_phase_std_rad` of `ice_thickness_nm`, correlation 1.5 Å);
+        the rest as the tiny defaults; `overrides` (any field) last."""
+        kw = dict(noise="shot", dose_e_a2=40.0, phase_mode="physical", detector="counting", ice_noise_corr_a=1.5)
+        cfg = cls(**{**kw, **overrides})
+        if "ice_noise_rad" not in overrides:
+            cfg.ice_noise_rad = ice_phase_std_rad(cfg.ice_thickness_nm, cfg.pixel_size_a, cfg.voltage_kv)
+        return cfg
+
+# %% ../nbs/02d_simulate.ipynb #7ee50309
+@dataclass
+class SimConfig(_SimConfigMethods):
+    "Everything `simulate_micrograph` needs; defaults are a tiny CPU-friendly, learnable set-up. Ranges `(lo, hi)` are drawn per micrograph."
+    shape: tuple[int, int] = (256, 256)          # micrograph (H, W) in pixels
+    pixel_size_a: float = 4.0
+    # particle (used when no volume is given): make_volume(volume_kind, box_size, pixel_size_a, diameter_a)
+    volume_kind: str = "globular"
+    box_size: int = 48
+    diameter_a: float | None = None              # default 60 % of the box: ~29 px at 48 px × 4 Å
+    volume_seed: int = 0
+    # placement
+    n_particles: int = 15
+    particles_per_mpx: float | None = None       # if set, n = density × H·W / 10⁶ (overrides n_particles)
+    min_distance_px: float | None = None         # default one particle diameter (touching); smaller → overlaps
+    margin_px: float | None = None               # default half a diameter
+    n_clusters: int = 0
+    phase_mode: str = "auto"                     # "physical" (σ·∫ΔV dz), "normalised" (fixed peak) or "auto" (physical iff shot noise)
+    particle_phase_rad: float = 0.15             # normalised mode: peak phase shift of a particle's projection
+    volume_units: str = "pseudo_atoms"           # physical mode: what the volume's values are (volumes.VOLUME_UNITS)
+    protein_contrast_v: float = PROTEIN_ICE_CONTRAST_V   # physical mode: protein–ice potential contrast, V
+    footprint_threshold_frac: float = 0.1        # mask = projection > frac × max
+    # optics (a cryoseg.ctf.CTF per micrograph: see ctf_at)
+    ctf: bool = True                             # False: no CTF, the contrast is minus the phase
+    voltage_kv: float = 300.0
+    cs_mm: float = 2.7
+    amplitude_contrast: float = 0.07
+    b_factor_a2: float = 50.0
+    defocus_um: tuple[float, float] = (1.0, 2.0)         # mean defocus range, positive = underfocus
+    astigmatism_um: tuple[float, float] = (0.0, 0.1)     # |U - V| range
+    phase_shift_deg: float = 0.0
+    ctf_pad_px: int | None = None                 # default: the CTF delocalisation, >= 32 px
+    # noise
+    noise: str = "gaussian"                       # "gaussian" (at snr), "shot" (Poisson at dose_e_a2) or "none"
+    snr: float = 0.1                              # per pixel: var(particle contrast over footprints) / var(noise)
+    dose_e_a2: float = 40.0
+    # detector
+    detector: str = "ideal"                       # "ideal" (MTF = DQE = 1) or "counting" (sinc MTF, DQE = dqe0·MTF²)
+    detector_dqe0: float = 0.8                    # counting: DQE at zero frequency
+    detector_pixel_a: float | None = None         # counting: the detector's pixel, Å (default pixel_size_a: not binned)
+    # realism, all off by default
+    ice_gradient: float = 0.0                     # relative thickness variation (0.3 → ±30 %)
+    ice_thickness_nm: float = 40.0
+    inelastic_mfp_nm: float = 350.0               # electrons lost (energy filter) as exp(-t / mfp)
+    ice_noise_rad: float = 0.0                    # std of the ice's phase per pixel, rad (realistic: ice_phase_std_rad)
+    ice_noise_corr_a: float = 10.0                # its correlation length in Å
+    carbon: bool = False                          # a carbon-film edge; particles only in the hole
+    carbon_phase_rad: float = 0.6
+    n_contaminants: int = 0                       # ice crystals / aggregates, in the junk mask
+
+    def __post_init__(self):
+        self.shape = tuple(int(s) for s in self.shape)
+        self.defocus_um = tuple(float(v) for v in self.defocus_um)
+        self.astigmatism_um = tuple(float(v) for v in self.astigmatism_um)
+        _check_config(self)
+
 
 # %% ../nbs/02d_simulate.ipynb #70a62da9
 def _check_config(cfg: SimConfig) -> None:
@@ -335,6 +416,20 @@ def _check_config(cfg: SimConfig) -> None:
         check_positive(cfg.snr, "snr")
     if cfg.noise == "shot":
         check_positive(cfg.dose_e_a2, "dose_e_a2", "e⁻/Å²")
+    if cfg.phase_mode not in ("auto", "physical", "normalised"):
+        raise ValueError(f"phase_mode must be 'auto', 'physical' or 'normalised', got {cfg.phase_mode!r}")
+    if cfg.volume_units not in VOLUME_UNITS:
+        raise ValueError(f"volume_units must be one of {VOLUME_UNITS}, got {cfg.volume_units!r}")
+    check_positive(cfg.particle_phase_rad, "particle_phase_rad", "rad")
+    check_positive(cfg.protein_contrast_v, "protein_contrast_v", "V")
+    if cfg.detector not in ("ideal", "counting"):
+        raise ValueError(f"detector must be 'ideal' or 'counting', got {cfg.detector!r}")
+    if not 0 < cfg.detector_dqe0 <= 1:
+        raise ValueError(f"detector_dqe0 must be in (0, 1], got {cfg.detector_dqe0}")
+    if cfg.detector_pixel_a is not None:
+        check_positive(cfg.detector_pixel_a, "detector_pixel_a", "Å")
+    if cfg.ice_noise_rad < 0:
+        raise ValueError(f"ice_noise_rad must be >= 0, got {cfg.ice_noise_rad}")
     if cfg.n_particles < 0 or cfg.n_contaminants < 0:
         raise ValueError("n_particles and n_contaminants must be >= 0")
     if cfg.particles_per_mpx is not None and not cfg.particles_per_mpx >= 0:
@@ -360,6 +455,8 @@ class SimResult:
     junk: np.ndarray         # uint8 0/1 contaminants
     particles: pd.DataFrame  # cryoseg.particles.make_particles table
     params: dict             # everything drawn for this micrograph
+    cfg: SimConfig | None = None              # the configuration it was simulated with
+    transmission: np.ndarray | None = None    # float32 fraction of electrons transmitted (None: all)
 
 # %% ../nbs/02d_simulate.ipynb #58fca4af
 _STATS_CACHE = LRUCache(8)   # volume_stats of the last 8 (volume, threshold) pairs: a few small dicts
@@ -396,6 +493,19 @@ def particle_volume(volume: np.ndarray | None, cfg: SimConfig, device=None) -> t
         raise ValueError(f"the volume's box ({vol.shape[0]} px) is larger than the micrograph {W}×{H}")
     key = volume_key(vol)                   # hashed once per micrograph: both caches use it
     return vol, key, volume_stats(vol, cfg.footprint_threshold_frac, device, key=key)
+
+# %% ../nbs/02d_simulate.ipynb #04bf7ddb
+def particle_phase_scale(cfg: SimConfig, max_projection: float) -> dict:
+    """`dict(phase_mode, phase_scale, phase_scale_physical)`: radians per unit of a projection of a volume in
+    `cfg.volume_units` sampled at `cfg.pixel_size_a` (physical: σ(U) · p · volts per unit), and the one used
+    (`cfg.physical_phase`; else `cfg.particle_phase_rad / max_projection`)."""
+    p = cfg.pixel_size_a
+    physical = interaction_constant(cfg.voltage_kv) * p * potential_scale_v(cfg.volume_units, p, cfg.protein_contrast_v)
+    if cfg.physical_phase:
+        return dict(phase_mode="physical", phase_scale=physical, phase_scale_physical=physical)
+    if not max_projection > 0:
+        raise ValueError("the volume's projections are never positive: it has no density to normalise the phase to")
+    return dict(phase_mode="normalised", phase_scale=cfg.particle_phase_rad / max_projection, phase_scale_physical=physical)
 
 # %% ../nbs/02d_simulate.ipynb #0e84119e
 def draw_optics(cfg: SimConfig, seed=None) -> tuple[CTF, dict]:
@@ -499,17 +609,31 @@ def paste_projections(volume: np.ndarray, rotations: np.ndarray, xy: np.ndarray,
     return phase, inst
 
 # %% ../nbs/02d_simulate.ipynb #2ea296ee
+def detector_blur(image, cfg: SimConfig, pad_mode: str = "constant"):
+    "`image` through the detector's MTF (`apply_mtf`) when `cfg.detector` is counting; else `image` itself."
+    if cfg.detector == "ideal":
+        return image
+    return apply_mtf(image, cfg.pixel_size_a, cfg.detector_pixel_a, pad_mode=pad_mode)
+
+
+def ctf_pad_px(cfg: SimConfig, ctf: CTF) -> int:
+    "The CTF padding of a micrograph: `cfg.ctf_pad_px`, or `default_pad_px` of the larger defocus."
+    if cfg.ctf_pad_px is not None:
+        return int(cfg.ctf_pad_px)
+    return default_pad_px(cfg.pixel_size_a, max(ctf.defocus_u_um, ctf.defocus_v_um), cfg.voltage_kv)
+
+
 def image_contrast(phase, background_phase: np.ndarray | None, ctf: CTF, cfg: SimConfig):
     """Stage 6: `(particle contrast, clean contrast, pad_px)`: the particles' phase map (a torch tensor) through
-    the CTF, plus the background's; `pad_px` = `cfg.ctf_pad_px` or `default_pad_px` of the larger defocus."""
+    the CTF and the detector's MTF, plus the background's; `pad_px` from `ctf_pad_px`."""
     import torch
-    pad = cfg.ctf_pad_px if cfg.ctf_pad_px is not None else \
-        default_pad_px(cfg.pixel_size_a, max(ctf.defocus_u_um, ctf.defocus_v_um), cfg.voltage_kv)
-    c_part = apply_ctf(phase, cfg.pixel_size_a, ctf, pad) if cfg.ctf else -phase
+    pad = ctf_pad_px(cfg, ctf)
+    c_part = detector_blur(apply_ctf(phase, cfg.pixel_size_a, ctf, pad) if cfg.ctf else -phase, cfg)
     clean = c_part
     if background_phase is not None:
         ep = torch.from_numpy(background_phase).to(phase.device)
-        clean = clean + (apply_ctf(ep, cfg.pixel_size_a, ctf, pad, "replicate") if cfg.ctf else -ep)
+        cb = apply_ctf(ep, cfg.pixel_size_a, ctf, pad, "replicate") if cfg.ctf else -ep
+        clean = clean + detector_blur(cb, cfg, "replicate")
     return c_part, clean, pad
 
 # %% ../nbs/02d_simulate.ipynb #3ee28ebb
@@ -528,8 +652,10 @@ def draw_transmission(cfg: SimConfig, shape: tuple[int, int], absorption: np.nda
 
 # %% ../nbs/02d_simulate.ipynb #553481db
 def record_image(clean, particles, mask, transmission: np.ndarray | None, cfg: SimConfig, seed=None):
-    """Stage 8: `(image tensor, noise info dict)` from the clean contrast, the particles' contrast (the signal),
-    the particle mask (torch tensors on one device) and the transmission, with `cfg.noise`."""
+    """Stage 8: `(image tensor, noise info dict)` from the clean contrast C, the particles' contrast S (the
+    signal), the particle mask (torch tensors on one device) and the transmission T, with `cfg.noise`:
+    shot: Poisson(g·D·p²·T·(1 + 2C)) / g electrons per pixel, g = `cfg.dqe0`; gaussian: T·C + (T − 1)/2 plus
+    white noise of variance var(S over the mask) / `cfg.snr`; none: T·C + (T − 1)/2."""
     import torch
     rng = as_generator(seed)
     dev = clean.device
@@ -538,20 +664,21 @@ def record_image(clean, particles, mask, transmission: np.ndarray | None, cfg: S
     var_sig = float(torch.var(sig.double(), unbiased=False)) if sig.numel() > 1 else 0.0
     var_all = float(torch.var(particles, unbiased=False))
     gen = torch.Generator(device=dev).manual_seed(int(rng.integers(0, 2**62)))
+    if cfg.noise == "shot":
+        g, n0 = cfg.dqe0, cfg.dose_e_a2 * cfg.pixel_size_a**2
+        lam = (g * n0) * (1 + 2 * clean)
+        if Tt is not None: lam = lam * Tt
+        img = torch.poisson(lam.clamp_min(0), generator=gen)
+        return (img if g == 1.0 else img / g,
+                dict(expected_counts=n0, noise_std_contrast=1 / (2 * math.sqrt(g * n0)),
+                     snr_footprint=4 * g * n0 * var_sig, snr_image=4 * g * n0 * var_all))
+    img = clean if Tt is None else Tt * clean + (Tt - 1) / 2
     if cfg.noise == "gaussian":
         if var_sig <= 0:
             raise ValueError("the particles' clean signal has zero variance: cannot set an SNR (no particles?)")
         std = math.sqrt(var_sig / cfg.snr)
-        img = clean if Tt is None else Tt * (1 + clean) - 1
         img = img + torch.randn(clean.shape, generator=gen, device=dev) * std
         return img, dict(noise_std=std, snr_footprint=cfg.snr, snr_image=var_all / std**2)
-    if cfg.noise == "shot":
-        lam = cfg.dose_e_a2 * cfg.pixel_size_a**2 * (1 + clean)
-        if Tt is not None: lam = lam * Tt
-        n0 = cfg.dose_e_a2 * cfg.pixel_size_a**2
-        return (torch.poisson(lam.clamp_min(0), generator=gen),
-                dict(expected_counts=n0, snr_footprint=var_sig * n0, snr_image=var_all * n0))
-    img = clean if Tt is None else Tt * (1 + clean) - 1
     return img, dict(snr_footprint=float("inf"), snr_image=float("inf"))
 
 # %% ../nbs/02d_simulate.ipynb #1f8e3825
@@ -579,21 +706,113 @@ def simulate_micrograph(volume: np.ndarray | None = None, cfg: SimConfig | None 
     rng = as_generator(seed)
     dev = get_device(device)
     vol, key, stats = particle_volume(volume, cfg, dev)
-    diam, scale = stats["diameter_px"], cfg.particle_phase_rad / stats["max_projection"]
+    diam, phase = stats["diameter_px"], particle_phase_scale(cfg, stats["max_projection"])
     ctf, drawn = draw_optics(cfg, rng)
     bg = draw_background(cfg, cfg.shape, diam, rng)
     xy, R = draw_particles(cfg, cfg.shape, diam, rng, bg.allowed, coordinates, rotations)
-    phase, inst = paste_projections(vol, R, xy, cfg.shape, scale, cfg.footprint_threshold_frac, dev, key)
-    c_part, clean, pad = image_contrast(phase, bg.phase, ctf, cfg)
+    phi, inst = paste_projections(vol, R, xy, cfg.shape, phase["phase_scale"], cfg.footprint_threshold_frac, dev, key)
+    c_part, clean, pad = image_contrast(phi, bg.phase, ctf, cfg)
     T = draw_transmission(cfg, cfg.shape, bg.absorption, rng)
     params = dict(name=name, n_particles=len(xy), defocus_u_um=ctf.defocus_u_um, defocus_v_um=ctf.defocus_v_um,
                   defocus_angle_deg=ctf.defocus_angle_deg, **drawn, ctf_pad_px=int(pad), diameter_px=diam,
-                  phase_scale=scale, noise=cfg.noise)
+                  **phase, volume_key=key, noise=cfg.noise)
     img, info = record_image(clean, c_part, inst > 0, T, cfg, rng)
     params.update(info)
     return SimResult(image=to_numpy(img.float()), clean=to_numpy(clean.float()),
                      mask=to_numpy((inst > 0).to(torch.uint8)), instances=to_numpy(inst),
-                     junk=bg.junk.astype(np.uint8), particles=particle_table(xy, R, ctf, diam, name), params=params)
+                     junk=bg.junk.astype(np.uint8), particles=particle_table(xy, R, ctf, diam, name), params=params,
+                     cfg=cfg, transmission=T)
+
+# %% ../nbs/02d_simulate.ipynb #c0050c48
+SNR_DEFINITION = ("per pixel at the micrograph's pixel size: var(S over the particle footprints) / σ², S the CTF- "
+                  "(and MTF-) modulated particle contrast, σ² the white noise's variance in the same units")
+
+
+def particle_signals(volume: np.ndarray, rotations: np.ndarray, ctf: CTF, cfg: SimConfig, phase_scale: float,
+                     device=None, pad_px: int | None = None) -> np.ndarray:
+    """Each particle's isolated, noise-free signal `(n, B, B)` float32 in contrast units (as `SimResult.clean`):
+    its projection × `phase_scale` through `ctf` (minus the phase when `cfg.ctf` is False) and the detector's
+    MTF, in a box of B = D + 2·pad (default: the micrograph's CTF padding, `ctf_pad_px`), centre at B // 2."""
+    import torch
+    dev = get_device(device)
+    vol = np.asarray(volume, np.float32)
+    D, pad = vol.shape[0], ctf_pad_px(cfg, ctf) if pad_px is None else int(pad_px)
+    B = D + 2 * pad
+    proj = project_tensor(vol, np.asarray(rotations, np.float64).reshape(-1, 3, 3), dev) * phase_scale
+    out = torch.zeros((len(proj), B, B), dtype=torch.float32, device=dev)
+    for k in range(len(proj)):
+        box = torch.zeros((B, B), dtype=torch.float32, device=dev)
+        box[pad:pad + D, pad:pad + D] = proj[k]
+        out[k] = detector_blur(apply_ctf(box, cfg.pixel_size_a, ctf, pad) if cfg.ctf else -box, cfg)
+    return to_numpy(out)
+
+
+def contrast_image(result: SimResult) -> np.ndarray:
+    """A simulated micrograph back in contrast units, float32 `(H, W)`, whose expectation is `result.clean`:
+    shot noise `(image / (D p² T) − 1) / 2`; Gaussian or none `(image − (T − 1)/2) / T` (T = 1 when
+    `result.transmission` is None)."""
+    cfg = _result_cfg(result)
+    T = 1.0 if result.transmission is None else result.transmission
+    img = np.asarray(result.image, np.float32)
+    if cfg.noise == "shot":
+        return ((img / (result.params["expected_counts"] * T) - 1) / 2).astype(np.float32)
+    return ((img - (T - 1) / 2) / T).astype(np.float32)
+
+
+def _result_cfg(result: SimResult) -> SimConfig:
+    "The config a SimResult was made with, or a ValueError."
+    if getattr(result, "cfg", None) is None:
+        raise ValueError("this SimResult carries no SimConfig (result.cfg is None): simulate it with simulate_micrograph")
+    return result.cfg
+
+# %% ../nbs/02d_simulate.ipynb #e8872d93
+def result_volume(result: SimResult, volume: np.ndarray | None = None) -> np.ndarray:
+    "The volume a SimResult was simulated from (default: its config's built-in one), checked by its volume_key."
+    cfg = _result_cfg(result)
+    vol = np.asarray(make_volume(cfg.volume_kind, cfg.box_size, cfg.pixel_size_a, cfg.diameter_a, cfg.volume_seed)
+                     if volume is None else volume, np.float32)
+    if "volume_key" in result.params and volume_key(vol) != result.params["volume_key"]:
+        raise ValueError("this micrograph was simulated from another volume than "
+                         + ("its config's built-in one: pass that volume" if volume is None else "the one given"))
+    return vol
+
+
+def result_signals(result: SimResult, volume: np.ndarray | None = None, device=None) -> np.ndarray:
+    "`particle_signals` of a SimResult's own particles (their views, its CTF and phase scale): `(n, B, B)`."
+    cfg = _result_cfg(result)
+    p, t = result.params, result.particles
+    ctf = cfg.ctf_at(p["defocus_u_um"], p["defocus_v_um"], p["defocus_angle_deg"])
+    R = euler_to_matrix(t["rot_deg"].to_numpy(), t["tilt_deg"].to_numpy(), t["psi_deg"].to_numpy()).reshape(-1, 3, 3)
+    return particle_signals(result_volume(result, volume), R, ctf, cfg, p["phase_scale"], device, p["ctf_pad_px"])
+
+# %% ../nbs/02d_simulate.ipynb #aabae5e2
+def snr_report(result: SimResult, volume: np.ndarray | None = None, device=None) -> dict:
+    """Every SNR convention for a simulated micrograph (see above), per pixel at `pixel_size_a`: `snr_footprint`,
+    `snr_image`, `snr_aspire`, `dprime_mean/median/min/max`, `dose_equivalent_e_a2`, with `noise_std_contrast`
+    (σ), `definition`, the phase mode and scales. `volume`: the simulated one (default: the config's built-in)."""
+    cfg, p = _result_cfg(result), result.params
+    sigma = {"gaussian": p.get("noise_std"), "shot": p.get("noise_std_contrast"), "none": 0.0}[cfg.noise]
+    s = result_signals(result, volume, device).astype(np.float64)
+    D = result_volume(result, volume).shape[0]
+    pad, B = p["ctf_pad_px"], s.shape[-1]
+    yy, xx = np.mgrid[0:D, 0:D]
+    disc = np.hypot(yy - D // 2, xx - D // 2) <= D // 2
+    energy = (s ** 2).sum((1, 2))
+    aspire = (s[:, pad:pad + D, pad:pad + D][:, disc] ** 2).mean(1) if len(s) else np.full(1, np.nan)
+    r = p["phase_scale_physical"] / p["phase_scale"]
+    var = sigma**2 if sigma else 0.0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        dp = np.sqrt(energy / var) if var else np.full(len(s), np.inf)
+        dose_eq = 1 / (4 * cfg.pixel_size_a**2 * cfg.dqe0 * var * r**2) if var else float("inf")
+    stat = lambda f: float(f(dp)) if len(dp) else float("nan")
+    return dict(definition=SNR_DEFINITION, pixel_size_a=cfg.pixel_size_a, noise=cfg.noise, noise_std_contrast=sigma,
+                snr_footprint=p["snr_footprint"], snr_image=p["snr_image"],
+                snr_aspire=float(aspire.mean() / var) if var else float("inf"),
+                dprime_mean=stat(np.mean), dprime_median=stat(np.median), dprime_min=stat(np.min), dprime_max=stat(np.max),
+                dose_equivalent_e_a2=float(dose_eq), dose_e_a2=cfg.dose_e_a2 if cfg.noise == "shot" else None,
+                detector=cfg.detector, detector_dqe0=cfg.dqe0, phase_mode=p["phase_mode"],
+                phase_scale=p["phase_scale"], phase_scale_physical=p["phase_scale_physical"], n_particles=len(s),
+                box_px=int(B))
 
 # %% ../nbs/02d_simulate.ipynb #07eaaa40
 _SUBFOLDERS = ("micrographs", "coordinates", "masks", "instances", "junk", "clean")
@@ -638,7 +857,8 @@ def _write_result(out: Path, name: str, res: SimResult, cfg: SimConfig, save_cle
                                 amplitude_contrast=cfg.amplitude_contrast, pixel_size_a=p))
 
 # %% ../nbs/02d_simulate.ipynb #3d7ee6f8
-_CONVENTIONS = dict(snr="var(clean particle contrast over footprints) / var(noise)",
+_CONVENTIONS = dict(snr=SNR_DEFINITION,
+                    intensity="shot noise: electrons per pixel, Poisson(DQE(0)·D·p²·T·(1 + 2C)) / DQE(0), C = MTF ⊛ CTF ⊛ φ",
                     ctf="CTF(0) = -amplitude_contrast; defocus positive = underfocus; astigmatism angle from the x axis",
                     angles="RELION ZYZ (rot, tilt, psi) in degrees",
                     coordinates="particle centres (x = column, y = row) in pixels")

@@ -13,7 +13,9 @@ from scipy import ndimage
 from .core import LRUCache, as_generator, check_positive
 
 # %% auto #0
-__all__ = ['VOLUME_KINDS', 'pseudo_atoms', 'splat_atoms', 'make_volume', 'resample_volume', 'read_volume', 'volume_from_model']
+__all__ = ['VOLUME_KINDS', 'VOLUME_UNITS', 'PSEUDO_ATOM_VOLUME_A3', 'POTENTIAL_V_A2', 'ICE_MIP_V', 'PROTEIN_MIP_V',
+           'PROTEIN_ICE_CONTRAST_V', 'pseudo_atoms', 'splat_atoms', 'make_volume', 'potential_scale_v',
+           'resample_volume', 'read_volume', 'volume_from_model']
 
 # %% ../nbs/02a_volumes.ipynb #13b84403
 VOLUME_KINDS = ("globular", "elongated", "ring", "two_lobed")
@@ -144,6 +146,28 @@ def make_volume(kind: str = "globular", box_size: int = 64, pixel_size_a: float 
 
 _VOLUME_CACHE = LRUCache(8)   # the last 8 built-in volumes (seeded, so deterministic): many micrographs build one once
 
+# %% ../nbs/02a_volumes.ipynb #9b991a4e
+VOLUME_UNITS = ("pseudo_atoms", "scattering_density", "volts")
+PSEUDO_ATOM_VOLUME_A3 = _ATOM_SPACING_A**3       # Å³ of protein per pseudo-atom (125)
+POTENTIAL_V_A2 = 47.878                          # h² / (2π m₀ e) in V·Å²: ∫V d³r = 47.878 V·Å² · f_e(0)
+ICE_MIP_V = 4.5                                  # mean inner potential of vitreous ice, V
+PROTEIN_MIP_V = 8.0                              # mean inner potential of protein (independent atoms, with H), V
+PROTEIN_ICE_CONTRAST_V = 3.0                     # default potential contrast of protein against ice, V
+
+
+def potential_scale_v(units: str, pixel_size_a: float, contrast_v: float = PROTEIN_ICE_CONTRAST_V) -> float:
+    """Volts of potential contrast against the ice per unit of a volume's values, for volumes in `units`
+    (one of `VOLUME_UNITS`) sampled at `pixel_size_a` Å, with a protein–ice contrast of `contrast_v` V."""
+    p = check_positive(pixel_size_a, "pixel_size_a", "Å per pixel")
+    check_positive(contrast_v, "contrast_v", "V")
+    if units == "pseudo_atoms":
+        return contrast_v * PSEUDO_ATOM_VOLUME_A3 / p**3
+    if units == "scattering_density":
+        return POTENTIAL_V_A2 * contrast_v / PROTEIN_MIP_V
+    if units == "volts":
+        return 1.0
+    raise ValueError(f"unknown volume units {units!r}; choose one of {VOLUME_UNITS}")
+
 # %% ../nbs/02a_volumes.ipynb #3a8a824b
 def _fourier_resize(vol: np.ndarray, n_out: int) -> np.ndarray:
     "Crop or zero-pad the centred 3D DFT of a cubic `vol` to edge `n_out` (values kept, mass × (n_out/n)³)."
@@ -223,8 +247,9 @@ def read_volume(path: str | Path, pixel_size_a: float | None = None, box_size: i
 # %% ../nbs/02a_volumes.ipynb #9e54483a
 def volume_from_model(path: str | Path, pixel_size_a: float, box_size: int | None = None,
                       remove_waters: bool = True, remove_hydrogens: bool = False) -> np.ndarray:
-    """Coulomb potential `float32` `(D, D, D)` `[z, y, x]` of a PDB/mmCIF model from gemmi's
-    electron-scattering density calculator, centre of mass on voxel `D // 2`."""
+    """Electron-scattering density `float32` `(D, D, D)` `[z, y, x]` in Å⁻² (Σ f_e per Å³; × `POTENTIAL_V_A2`
+    = the vacuum Coulomb potential in V) of a PDB/mmCIF model from gemmi's `DensityCalculatorE`, centre of
+    mass on voxel `D // 2`."""
     import gemmi
     path = Path(path)
     pixel_size_a = check_positive(pixel_size_a, "pixel_size_a", "Å per pixel")

@@ -89,11 +89,54 @@ def test_euler_round_trip(rot, tilt, psi):
 @settings(max_examples=30, deadline=None)
 @given(shape=st.tuples(st.integers(8, 4096), st.integers(8, 4096)), snr=st.floats(1e-3, 10),
        defocus=st.tuples(st.floats(0.2, 2), st.floats(0, 2)), noise=st.sampled_from(["gaussian", "shot", "none"]),
-       ctf=st.booleans(), carbon=st.booleans())
-def test_simconfig_round_trips_through_json(shape, snr, defocus, noise, ctf, carbon):
-    cfg = SimConfig(shape=shape, snr=snr, defocus_um=(defocus[0], defocus[0] + defocus[1]), noise=noise, ctf=ctf,
-                    carbon=carbon)
+       ctf=st.booleans(), carbon=st.booleans(), phase_mode=st.sampled_from(["auto", "physical", "normalised"]),
+       detector=st.sampled_from(["ideal", "counting"]), realistic=st.booleans())
+def test_simconfig_round_trips_through_json(shape, snr, defocus, noise, ctf, carbon, phase_mode, detector, realistic):
+    kw = dict(shape=shape, snr=snr, defocus_um=(defocus[0], defocus[0] + defocus[1]), noise=noise, ctf=ctf,
+              carbon=carbon, phase_mode=phase_mode, detector=detector)
+    cfg = SimConfig.realistic(**kw) if realistic else SimConfig(**kw)
     assert SimConfig(**json.loads(json.dumps(cfg.to_dict()))) == cfg
+
+
+# ---- shot noise is the weak-phase intensity -------------------------------------------------------------
+def test_shot_noise_mean_is_the_weak_phase_intensity():
+    """At a high dose the counts' mean is D·p²·(1 + 2C), C = CTF ⊛ φ the clean contrast (REFERENCE.md).
+
+    Tolerances from Poisson statistics. Each pixel's count N_i has mean λ_i = n0 (1 + 2 C_i), n0 = D p², and
+    variance λ_i, so z_i = (N_i − λ_i) / sqrt(λ_i) has mean 0 and variance 1: over n independent pixels mean(z)
+    has standard error 1/sqrt(n) and the sample variance of z standard error sqrt(2/n) (λ_i ≈ 1.6e6, where the
+    Poisson law is Gaussian to ~1e-3). The least-squares slope b (through the origin) of y_i = (N_i/n0 − 1)/2 on
+    C_i estimates 1 with standard error sqrt(Σ C_i² var(y_i)) / Σ C_i² ≤ sqrt((1 + 2 max C) / (4 n0 Σ C_i²)).
+    Every check allows 5 standard errors (a false alarm about once in 2 million runs). The old model, mean
+    n0 (1 + C), gives b = 1/2, thousands of standard errors away, and mean(z) far from 0."""
+    cfg = SimConfig(noise="shot", dose_e_a2=1e5, phase_mode="physical")
+    res = simulate_micrograph(None, cfg, seed=5, device="cpu")
+    n0 = cfg.dose_e_a2 * cfg.pixel_size_a**2
+    C, N = res.clean.astype(np.float64), res.image.astype(np.float64)
+    lam = n0 * (1 + 2 * C)
+    z = (N - lam) / np.sqrt(lam)
+    n = z.size
+    assert abs(z.mean()) < 5 / np.sqrt(n), z.mean()
+    assert abs(z.var() - 1) < 5 * np.sqrt(2 / n), z.var()
+    y = (N / n0 - 1) / 2
+    b = (y * C).sum() / (C * C).sum()
+    se = np.sqrt((1 + 2 * C.max()) / (4 * n0 * (C * C).sum()))
+    assert abs(b - 1) < 5 * se, (b, se)
+    assert 20 * se < 0.5                                  # the test can tell 1 from the old 1/2
+
+
+def test_shot_noise_footprint_snr_is_measured():
+    """The footprint SNR reported for a shot-noise micrograph, 4·D·p²·var(C over the footprints), is the one
+    measured on the counts: var(signal 2·n0·C over the footprints) / var(N − λ). The measured noise variance
+    has relative standard error sqrt(2/n) ≈ 0.6 % over n = 256² pixels, and its mean is n0 (1 + 2 mean C),
+    |mean C| < 0.01 here: 3 % covers both with room; the old report (n0·var C) was 4× too small."""
+    cfg = SimConfig(noise="shot", dose_e_a2=40.0)
+    res = simulate_micrograph(None, cfg, seed=2, device="cpu")
+    n0 = cfg.dose_e_a2 * cfg.pixel_size_a**2
+    C, N, fp = res.clean.astype(np.float64), res.image.astype(np.float64), res.mask == 1
+    assert abs(C.mean()) < 0.01
+    measured = np.var(2 * n0 * C[fp]) / np.var(N - n0 * (1 + 2 * C))
+    assert abs(res.params["snr_footprint"] / measured - 1) < 0.03, (res.params["snr_footprint"], measured)
 
 
 # ---- fresh processes ------------------------------------------------------------------------------------
