@@ -42,24 +42,43 @@ def _read_text(path: Path, allow_empty: bool = False) -> str:
     return text
 
 
+_NUMBER = re.compile(r"\s*[+-]?(?:(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?|nan|inf|infinity)\s*", re.I | re.A)
+_INT = re.compile(r"\s*[+-]?\d+\s*", re.A)
+
+
 def _num(s: str, path, what: str) -> float:
-    "Parse one number exactly; `<NA>` (written by starfile) is NaN."
+    "Parse one number exactly and strictly (ASCII digits, `nan`, `inf`); `<NA>` (written by starfile) is NaN."
     if s in ("<NA>", "NA", "N/A"):
         return math.nan
-    try:
+    if isinstance(s, str) and _NUMBER.fullmatch(s):
         return float(s)
-    except ValueError:
-        raise ValueError(f"{path}: {what}: {s!r} is not a number") from None
+    raise ValueError(f"{path}: {what}: {s!r} is not a number")
 
 
-def _nums(values, path, what: str) -> np.ndarray:
-    "Parse a column of numbers exactly (numpy's str→float64 conversion is Python's `float`)."
-    a = np.array(values, dtype=object)
+def _at(lines, i: int, column) -> str:
+    "Where value `i` of a column is: `line L, column C` (`row i+1, column C` without line numbers)."
+    return f"line {lines[i]}, column {column}" if lines is not None else f"row {i + 1}, column {column}"
+
+
+def _plain(values) -> bool:
+    "False when some value holds text `float` misreads (`1_00` → 100.0) or non-ASCII (digits of other scripts)."
     try:
-        return a.astype(np.float64) if len(a) else np.zeros(0)
-    except (ValueError, TypeError):
-        return np.array([_num(str(v), path, what) for v in values], dtype=np.float64)
+        s = "".join(values)
+    except TypeError:
+        s = "".join(map(str, values))
+    return "_" not in s and s.isascii()
 
+
+def _nums(values, path, column, lines=None) -> np.ndarray:
+    "Parse a column of numbers exactly and strictly; a bad value is an error naming the file, line and column."
+    if not len(values):
+        return np.zeros(0)
+    if _plain(values):
+        try:
+            return np.array(values, dtype=object).astype(np.float64)   # numpy's str → float64 is `float`
+        except (ValueError, TypeError):
+            pass
+    return np.array([_num(str(v), path, _at(lines, i, column)) for i, v in enumerate(values)], dtype=np.float64)
 
 
 # %% ../nbs/01a_coords.ipynb #f384f8ac
@@ -105,6 +124,8 @@ def _unscale10(s: str, power: int, path, what) -> float:
         raise ValueError(f"{path}: {what}: {s!r} is not a number")
     if not d.is_finite():
         return float(d)
+    if "_" in s or not s.isascii():        # Decimal, like float, takes '1_00' and non-ASCII digits
+        return _num(s, path, what)
     try:
         return float(d.scaleb(-power))
     except ArithmeticError:                # beyond the decimal context's exponent range
@@ -112,8 +133,10 @@ def _unscale10(s: str, power: int, path, what) -> float:
 
 # %% ../nbs/01a_coords.ipynb #2149d627
 def _extra_values(values, path, name):
-    "Column of an unknown field: int64 if all ints, float64 if all numbers, else str."
+    "Column of an unknown field: int64 if all ints, float64 if all numbers (strictly: `1_00` is text), else str."
     vals = [str(v) for v in values]
+    if not _plain(vals):
+        return np.array(vals, dtype=object).astype(str)
     try:
         return np.array([int(v) for v in vals], dtype=np.int64)
     except (ValueError, OverflowError):
@@ -122,6 +145,17 @@ def _extra_values(values, path, name):
         return np.array([float(v) for v in vals], dtype=np.float64)
     except ValueError:
         return np.array(vals, dtype=object).astype(str)
+
+
+def _scaled(vals, power: int, path, column, lines=None) -> np.ndarray:
+    "A column in other units (`_unscale10`: Å in the file, µm in the table); a bad value names line and column."
+    try:
+        if _plain(vals):
+            return np.array([_unscale10(v, power, path, column) for v in vals], np.float64)
+    except ValueError:
+        pass
+    _nums(vals, path, column, lines)        # raises, naming the line and column of the first bad value
+    return np.array([_unscale10(v, power, path, column) for v in vals], np.float64)
 
 
 def _need_rows(df, path, allow_empty):
@@ -171,21 +205,23 @@ def _split_star_line(line: str, path, lineno: int) -> list[str]:
     return toks
 
 # %% ../nbs/01a_coords.ipynb #2988b9fc
-def parse_star(path: str | os.PathLike) -> dict[str, pd.DataFrame | dict[str, str]]:
-    "All blocks of a STAR file as `{name: DataFrame of str (loops) or {label: str} (pairs)}`."
-    path = Path(path)
+def _parse_star(path: Path) -> tuple[dict, dict[str, list[int]]]:
+    "`parse_star`'s blocks, and for every loop the line numbers of its rows."
     text = _read_text(path)
     blocks: dict = {}
+    lines: dict[str, list[int]] = {}
     cur = None          # current block name
     labels = None       # labels of the loop being read (None: not in a loop)
     rows: list = []
+    rowlines: list = []
     in_header = False
 
     def close_loop():
-        nonlocal labels, rows
+        nonlocal labels, rows, rowlines
         if labels is not None:
             blocks[cur] = pd.DataFrame(rows, columns=labels, dtype=object) if rows else pd.DataFrame(columns=labels, dtype=object)
-        labels, rows = None, []
+            lines[cur] = rowlines
+        labels, rows, rowlines = None, [], []
 
     for lineno, raw in enumerate(text.splitlines(), 1):
         line = raw.strip()
@@ -231,10 +267,16 @@ def parse_star(path: str | os.PathLike) -> dict[str, pd.DataFrame | dict[str, st
         if len(toks) != len(labels):
             raise ValueError(f"{path}: line {lineno}: {len(toks)} values for {len(labels)} columns")
         rows.append(toks)
+        rowlines.append(lineno)
     close_loop()
     if not blocks:
         raise ValueError(f"{path}: no data_ block (not a STAR file?)")
-    return blocks
+    return blocks, lines
+
+
+def parse_star(path: str | os.PathLike) -> dict[str, pd.DataFrame | dict[str, str]]:
+    "All blocks of a STAR file as `{name: DataFrame of str (loops) or {label: str} (pairs)}`."
+    return _parse_star(Path(path))[0]
 
 # %% ../nbs/01a_coords.ipynb #c9933caa
 _STAR_FLOAT = {"rlnCoordinateX": "x", "rlnCoordinateY": "y", "rlnAutopickFigureOfMerit": "score",
@@ -249,53 +291,72 @@ _OPTICS = {"rlnVoltage": "voltage_kv", "rlnSphericalAberration": "cs_mm",
            "rlnAmplitudeContrast": "amplitude_contrast", "rlnMicrographPixelSize": "pixel_size_a"}
 
 
-def _optics_from_row(row: dict, path) -> dict:
+def _optics_from_row(row: dict, path, where: str = "data_optics") -> dict:
+    "One optics group: the known labels as numbers (strictly), others as int, float or text."
     opt = {}
     for label, v in row.items():
         if label in ("rlnOpticsGroup", "rlnOpticsGroupName"):
             continue
         if label in _OPTICS:
-            opt[_OPTICS[label]] = _num(v, path, label)
+            opt[_OPTICS[label]] = _num(v, path, f"{where}, column {label}")
         elif label == "rlnImagePixelSize" and "rlnMicrographPixelSize" not in row:
-            opt["pixel_size_a"] = _num(v, path, label)
+            opt["pixel_size_a"] = _num(v, path, f"{where}, column {label}")
         else:
-            try:
-                opt[label] = int(v)
-            except ValueError:
-                try: opt[label] = float(v)
-                except ValueError: opt[label] = v
+            opt[label] = int(v) if _INT.fullmatch(v) else float(v) if _NUMBER.fullmatch(v) else v
     return opt
 
 # %% ../nbs/01a_coords.ipynb #30133139
-def _coordinate_loop(blocks: dict, path) -> pd.DataFrame:
-    "The loop holding the particle centres: `data_particles`, else the first loop with `rlnCoordinateX`."
-    loops = {k: v for k, v in blocks.items() if isinstance(v, pd.DataFrame)}
-    if "particles" in loops and "rlnCoordinateX" in loops["particles"].columns:
-        name = "particles"
-    else:
-        cands = [k for k, v in loops.items() if "rlnCoordinateX" in v.columns and k != "optics"]
-        if not cands:
-            raise ValueError(f"{path}: no table with rlnCoordinateX/rlnCoordinateY "
-                             f"(blocks: {', '.join('data_' + k for k in blocks) or 'none'})")
-        name = cands[0]
-    t = loops[name]
-    if "rlnCoordinateY" not in t.columns:
-        raise ValueError(f"{path}: data_{name} has rlnCoordinateX but no rlnCoordinateY column")
-    return t
+def _coordinate_loop(blocks: dict, path, lines: dict | None = None) -> tuple[pd.DataFrame, list | None]:
+    """The loop of particle centres (any loop with `rlnCoordinateX` but `data_optics`) and its row lines;
+    several are one table if compatible (same labels, with `rlnMicrographName`), else an error naming them."""
+    lines = lines or {}
+    loops = {k: v for k, v in blocks.items()
+             if isinstance(v, pd.DataFrame) and k != "optics" and "rlnCoordinateX" in v.columns}
+    if not loops:
+        raise ValueError(f"{path}: no table with rlnCoordinateX/rlnCoordinateY "
+                         f"(blocks: {', '.join('data_' + k for k in blocks) or 'none'})")
+    for name, t in loops.items():
+        if "rlnCoordinateY" not in t.columns:
+            raise ValueError(f"{path}: data_{name} has rlnCoordinateX but no rlnCoordinateY column")
+    names = list(loops)
+    if len(names) == 1:
+        return loops[names[0]], lines.get(names[0])
+    listed, labels = ", ".join(f"data_{k}" for k in names), list(loops[names[0]].columns)
+    if any(set(loops[k].columns) != set(labels) for k in names):
+        raise ValueError(f"{path}: {len(names)} coordinate tables ({listed}) with different columns; cryoseg "
+                         "reads one coordinate table per file: split the file or give the tables the same columns")
+    if "rlnMicrographName" not in labels:
+        raise ValueError(f"{path}: {len(names)} coordinate tables ({listed}) without rlnMicrographName, so nothing "
+                         "says which micrograph each row belongs to: split the file or add rlnMicrographName")
+    rowlines = [n for k in names for n in lines[k]] if all(k in lines for k in names) else None
+    return pd.concat([loops[k][labels] for k in names], ignore_index=True), rowlines
 
 
-def _star_columns(t: pd.DataFrame, n_optics_groups: int, path) -> dict:
+# %% ../nbs/01a_coords.ipynb #88cc3aff
+def _star_ints(vals, path, label, lines) -> np.ndarray:
+    "An integer column (strictly: ASCII digits, int64)."
+    try:
+        if _plain(vals):
+            return np.array([int(v) for v in vals], np.int64)
+    except (ValueError, OverflowError):
+        pass
+    for i, v in enumerate(vals):
+        if not _INT.fullmatch(str(v)) or not -2**63 <= int(v) < 2**63:
+            raise ValueError(f"{path}: {_at(lines, i, label)}: {v!r} is not a 64-bit integer")
+    return np.array([int(v) for v in vals], np.int64)
+
+
+def _star_columns(t: pd.DataFrame, n_optics_groups: int, path, lines: list | None = None) -> dict:
     "Table columns from the STAR loop `t`: known labels converted and renamed, others kept by label."
     cols = {}
     for label in t.columns:
         vals = t[label].tolist()
         if label in _STAR_FLOAT:
-            cols[_STAR_FLOAT[label]] = _nums(vals, path, label)
+            cols[_STAR_FLOAT[label]] = _nums(vals, path, label, lines)
         elif label in _STAR_UM:
-            cols[_STAR_UM[label]] = np.array([_unscale10(str(v), 4, path, label) for v in vals], np.float64)
+            cols[_STAR_UM[label]] = _scaled(vals, 4, path, label, lines)
         elif label == "cryosegParticleId":
-            try: cols["particle_id"] = np.array([int(v) for v in vals], np.int64)
-            except ValueError: raise ValueError(f"{path}: cryosegParticleId must hold integers") from None
+            cols["particle_id"] = _star_ints(vals, path, label, lines)
         elif label == "rlnMicrographName":
             cols["micrograph"] = [str(v) for v in vals]
         elif label == "rlnOpticsGroup" and n_optics_groups <= 1:
@@ -314,12 +375,13 @@ def read_star(path: str | os.PathLike, strip_uids: bool | None = None, micrograp
     or older file) or a cryoSPARC-exported STAR file. `micrograph` names the rows when the file has
     no `rlnMicrographName`; cryoSPARC UIDs are stripped when every name has one (`strip_uids=None`)."""
     path = Path(path)
-    blocks = parse_star(path)
-    t = _coordinate_loop(blocks, path)
+    blocks, lines = _parse_star(path)
+    t, rowlines = _coordinate_loop(blocks, path, lines)
     optics_groups = []
     if isinstance(blocks.get("optics"), pd.DataFrame):
-        optics_groups = [_optics_from_row(r, path) for r in blocks["optics"].to_dict("records")]
-    cols = _star_columns(t, len(optics_groups), path)
+        ol = lines["optics"]
+        optics_groups = [_optics_from_row(r, path, f"line {ol[i]}") for i, r in enumerate(blocks["optics"].to_dict("records"))]
+    cols = _star_columns(t, len(optics_groups), path, rowlines)
     uid = False
     if "micrograph" in cols:
         names = cols["micrograph"]
@@ -444,7 +506,7 @@ def read_box(path: str | os.PathLike, micrograph: str = "", allow_empty: bool = 
                 continue
             if len(toks) < 4:
                 raise ValueError(f"{path}: line {lineno}: expected 'x_corner y_corner width height', got {line.strip()[:60]!r}")
-            vals = [_num(t, path, f"line {lineno}") for t in toks[:4]]
+            vals = [_num(t, path, f"line {lineno}, column {j + 1}") for j, t in enumerate(toks[:4])]
             if not all(math.isfinite(v) for v in vals):
                 raise ValueError(f"{path}: line {lineno}: non-finite value in {line.strip()[:60]!r}")
             if vals[2] <= 0 or vals[3] <= 0:
@@ -502,18 +564,25 @@ _CSV_ORDER = ["Micrographs Filename", "X-Coordinate", "Y-Coordinate", "Angle-Psi
               "Diameter", "Score"]
 
 
-def _split_csv(text: str, path) -> list[list[str]]:
+def _split_csv(text: str, path) -> tuple[list[list[str]], list[int]]:
+    "The non-blank rows of a CSV text and the line each ends on."
+    rows, lines = [], []
+    reader = csv.reader(StringIO(text), strict=True)
     try:
-        return [r for r in csv.reader(StringIO(text), strict=True) if r and any(c.strip() for c in r)]
+        for r in reader:
+            if r and any(c.strip() for c in r):
+                rows.append(r)
+                lines.append(reader.line_num)
     except csv.Error as e:
         raise ValueError(f"{path}: not a valid CSV file ({e})") from None
+    return rows, lines
 
 # %% ../nbs/01a_coords.ipynb #46ee65e7
 def read_cryoppp_csv(path: str | os.PathLike, micrograph: str = "", allow_empty: bool = False) -> pd.DataFrame:
     """Read a CryoPPP particle CSV: per-micrograph (`X-Coordinate,Y-Coordinate,Diameter`, named by
     `micrograph`) or the per-dataset metadata CSV (with `Micrographs Filename`, angles, defocus in Å...)."""
     path = Path(path)
-    rows = _split_csv(_read_text(path), path)
+    rows, lines = _split_csv(_read_text(path), path)
     if not rows:
         raise ValueError(f"{path}: no header row (expected X-Coordinate,Y-Coordinate,...)")
     header = [h.strip() or f"unnamed_{j}" for j, h in enumerate(rows[0])]   # e.g. a pandas index column
@@ -522,7 +591,7 @@ def read_cryoppp_csv(path: str | os.PathLike, micrograph: str = "", allow_empty:
         raise ValueError(f"{path}: missing required column(s) {missing} (found {header[:8]})")
     if len(set(header)) != len(header):
         raise ValueError(f"{path}: duplicate column names in header {header}")
-    body = rows[1:]
+    body, blines = rows[1:], lines[1:]
     for i, r in enumerate(body, 2):
         if len(r) != len(header):
             raise ValueError(f"{path}: row {i}: {len(r)} values for {len(header)} columns")
@@ -530,9 +599,9 @@ def read_cryoppp_csv(path: str | os.PathLike, micrograph: str = "", allow_empty:
     for j, h in enumerate(header):
         vals = [r[j].strip() for r in body]
         if h in _CSV_FLOAT:
-            cols[_CSV_FLOAT[h]] = _nums(vals, path, f"column {h}")
+            cols[_CSV_FLOAT[h]] = _nums(vals, path, h, blines)
         elif h in _CSV_UM:
-            cols[_CSV_UM[h]] = np.array([_unscale10(v, 4, path, f"column {h}") for v in vals], np.float64)
+            cols[_CSV_UM[h]] = _scaled(vals, 4, path, h, blines)
         elif h == "Micrographs Filename":
             cols["micrograph"] = [r[j] for r in body]
         elif h == "Class Number":
@@ -591,26 +660,27 @@ def write_cryoppp_csv(path: str | os.PathLike, particles: pd.DataFrame, overwrit
 def read_topaz(path: str | os.PathLike, allow_empty: bool = False) -> pd.DataFrame:
     "Read a Topaz particle file (tab-separated `image_name x_coord y_coord [score]`)."
     path = Path(path)
-    lines = [line for line in _read_text(path).splitlines() if line.strip()]
-    header = lines[0].rstrip("\r").split("\t")
+    numbered = [(i, line) for i, line in enumerate(_read_text(path).splitlines(), 1) if line.strip()]
+    header = numbered[0][1].split("\t")
     if len(header) == 1:
-        header = lines[0].split()
+        header = numbered[0][1].split()
     missing = [c for c in ("image_name", "x_coord", "y_coord") if c not in header]
     if missing:
         raise ValueError(f"{path}: missing required column(s) {missing} in the Topaz header (found {header[:6]})")
     if len(set(header)) != len(header):
         raise ValueError(f"{path}: duplicate column names in header {header}")
-    rows = []
-    for i, line in enumerate(lines[1:], 2):
-        r = line.rstrip("\r").split("\t")
+    rows, lines = [], []
+    for i, line in numbered[1:]:
+        r = line.split("\t")
         if len(r) != len(header):
             raise ValueError(f"{path}: line {i}: {len(r)} tab-separated values for {len(header)} columns")
         rows.append(r)
+        lines.append(i)
     col = {h: [r[j] for r in rows] for j, h in enumerate(header)}
-    cols = {"micrograph": col.pop("image_name"), "x": _nums(col.pop("x_coord"), path, "x_coord"),
-            "y": _nums(col.pop("y_coord"), path, "y_coord")}
+    cols = {"micrograph": col.pop("image_name"), "x": _nums(col.pop("x_coord"), path, "x_coord", lines),
+            "y": _nums(col.pop("y_coord"), path, "y_coord", lines)}
     if "score" in col:
-        cols["score"] = _nums(col.pop("score"), path, "score")
+        cols["score"] = _nums(col.pop("score"), path, "score", lines)
     for h, v in col.items():
         cols[h] = _extra_values(v, path, h)
     for c in ("x", "y"):

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import contextlib
 import http.server
+import io
 import os
 import re
 import threading
+import time
 from functools import partial
 from pathlib import Path
 from typing import Iterator
@@ -81,15 +83,24 @@ def widget_view(box) -> dict | None:
 
 # %% ../nbs/90_testing.ipynb #5fe10d36
 class _RangeHandler(http.server.SimpleHTTPRequestHandler):
-    "Static files with single-range `Range: bytes=a-b` support; quiet; records requests."
+    "Static files with single-range `Range: bytes=a-b` support, and the `/_faults/` answers; quiet; records requests."
     log = None
+    stop = None     # a threading.Event that ends the endless bodies
 
     def log_message(self, *args):  # keep test output clean
         pass
 
+    def copyfile(self, source, outputfile):
+        try:
+            super().copyfile(source, outputfile)
+        except (BrokenPipeError, ConnectionResetError):   # the client hung up (a capped download)
+            pass
+
     def send_head(self):
         if self.log is not None:
             self.log.append((self.path, self.headers.get("Range")))
+        if self.path.startswith("/_faults/"):
+            return self._fault(self.path.split("/")[2])
         rng = self.headers.get("Range")
         path = self.translate_path(self.path)
         if rng is None or os.path.isdir(path):
@@ -124,6 +135,45 @@ class _RangeHandler(http.server.SimpleHTTPRequestHandler):
         f.seek(start)
         return _Limited(f, end - start + 1)
 
+# %% ../nbs/90_testing.ipynb #667c20cc
+_ERROR_PAGE = (b"<!DOCTYPE html>\n<html><head><title>503 Service Unavailable</title></head>\n"
+               b"<body><h1>Service Unavailable</h1><p>Please try again later.</p></body></html>\n")
+
+
+class _Endless:
+    "An endless body: zeros in 64 KiB blocks, or (`slow`) one byte every 50 ms, until `stop` is set."
+    def __init__(self, stop, slow: bool = False): self.stop, self.slow = stop, slow
+    def read(self, size=-1):
+        if self.stop is not None and self.stop.is_set():
+            return b""
+        if self.slow:
+            time.sleep(0.05)
+            return b"x"
+        return bytes(min(size, 65536) if size and size > 0 else 65536)
+    def close(self): pass
+
+
+def _fault(self, kind: str):
+    "The `/_faults/<kind>/...` answers of `_RangeHandler` (see the table above)."
+    if kind == "html":
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html; charset=utf-8")
+        self.send_header("Content-Length", str(len(_ERROR_PAGE)))
+        self.end_headers()
+        return io.BytesIO(_ERROR_PAGE)
+    if kind not in ("endless", "huge", "slow"):
+        self.send_error(404, f"no fault {kind!r}")
+        return None
+    self.send_response(200)
+    self.send_header("Content-Type", "application/octet-stream")
+    if kind == "huge":
+        self.send_header("Content-Length", str(2**40))
+    self.end_headers()
+    return _Endless(self.stop, slow=kind == "slow")
+
+
+_RangeHandler._fault = _fault
+
 # %% ../nbs/90_testing.ipynb #4a20024b
 class _Limited:
     "A file object that reads at most `n` bytes."
@@ -148,7 +198,8 @@ def serve_folder(root: str | os.PathLike) -> Iterator[ServerURL]:
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: no such folder to serve")
     log: list = []
-    handler = type("Handler", (_RangeHandler,), {"log": log})
+    stop = threading.Event()
+    handler = type("Handler", (_RangeHandler,), {"log": log, "stop": stop})
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), partial(handler, directory=str(root)))
     server.daemon_threads = True
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
@@ -158,6 +209,7 @@ def serve_folder(root: str | os.PathLike) -> Iterator[ServerURL]:
     try:
         yield url
     finally:
+        stop.set()
         server.shutdown()
         server.server_close()
         thread.join(timeout=5)

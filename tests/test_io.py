@@ -79,7 +79,7 @@ def test_atomic_path_cleans_up_and_refuses_overwrite(tmp_path):
             raise RuntimeError("boom")
     assert not target.exists() and list((tmp_path / "sub").iterdir()) == []
     with atomic_path(target) as t:
-        assert t.suffix == ".mrc" and t.parent == target.parent
+        assert t.parent == target.parent and t.name.startswith(".f.mrc.") and t.suffix == ".tmp"
         t.write_bytes(b"ok")
     with pytest.raises(FileExistsError, match="f.mrc: file exists"):
         with atomic_path(target) as t:
@@ -553,7 +553,7 @@ def test_download_size_checked(site, tmp_path):
 
 def test_download_wrong_size(site, tmp_path):
     url, payload = site
-    with pytest.raises(ValueError, match=rf"f.bin: download of .* is corrupt \(expected 10 bytes, got {len(payload)}\)"):
+    with pytest.raises(ValueError, match=rf"f.bin: download of .* is corrupt \(expected 10 bytes, the server announces {len(payload)}\)"):
         download(url + "f.bin", tmp_path / "f.bin", expected_size=10, progress=False)
     assert list(tmp_path.glob("*f.bin*")) == []
 
@@ -679,3 +679,404 @@ def test_mrc_bytes_reproducible(tmp_path):
     m = (a > 30).astype(np.uint8)
     write_mask(tmp_path / "m1.mrc", m); time.sleep(1.1); write_mask(tmp_path / "m2.mrc", m)
     assert (tmp_path / "m1.mrc").read_bytes() == (tmp_path / "m2.mrc").read_bytes()
+
+
+# ================================================================ issue 15: never lose a user's work
+# (names new in issue 15 are imported inside the tests, so the older tests still run on older code)
+
+import errno  # noqa: E402
+import os  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+
+from cryoseg.io import list_micrographs  # noqa: E402
+
+
+def _finishes(fn, fifo=None, timeout=10):
+    "`fn()` in a thread; fails the test when it is still running after `timeout` s (blocked on a FIFO), releasing it."
+    out = {}
+
+    def run():
+        try:
+            out["value"] = fn()
+        except BaseException as e:  # noqa: BLE001 (re-raised below, in the test's thread)
+            out["error"] = e
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(timeout)
+    if t.is_alive():
+        if fifo is not None:                       # a reader blocked in open(): give it a writer that closes at once
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        t.join(5)
+        pytest.fail(f"still running after {timeout} s: it opened a FIFO")
+    if "error" in out:
+        raise out["error"]
+    return out.get("value")
+
+
+# ---------------------------------------------------------------- temporary files
+
+@pytest.mark.parametrize("name", ["m0002.mrc", "a.png", "picks.star", "best.pt", "data.tar.gz", ".hidden", "x" * 250])
+def test_atomic_path_temporary_names_are_never_input(tmp_path, name):
+    "The temporary name is hidden and does not end with the final suffix (a crash must not leave a fake input)."
+    from cryoseg.io import ignored_name
+    target = tmp_path / name
+    with atomic_path(target) as t:
+        assert t.parent == tmp_path and t.name.startswith(".") and t.name.endswith(".tmp")
+        assert not t.name.lower().endswith(Path(name).suffix.lower() or ".tmp" + "x")
+        assert ignored_name(t.name) and len(t.name.encode()) <= 255
+        t.write_bytes(b"ok")
+    assert target.read_bytes() == b"ok" and [p.name for p in tmp_path.iterdir()] == [name]
+
+
+def test_a_crash_mid_write_leaves_no_micrograph(tmp_path):
+    "kill -9 between write and rename: the next folder reader must not take the leftover for a micrograph."
+    img = np.random.default_rng(0).normal(size=(16, 16)).astype(np.float32)
+    write_micrograph(tmp_path / "m0001.mrc", img)
+    code = ("import os, sys, numpy as np\nfrom cryoseg.io import write_micrograph\nimport mrcfile\n"
+            "orig = mrcfile.new\n"
+            "def new(p, *a, **k):\n    m = orig(p, *a, **k)\n    m.set_data(np.zeros((16, 16), np.float32) + 1)\n"
+            "    m.close(); os._exit(9)\n"
+            "mrcfile.new = new\n"
+            f"write_micrograph({str(tmp_path / 'm0002.mrc')!r}, np.ones((16, 16), np.float32))\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=120)
+    assert r.returncode == 9, r.stderr.decode()
+    leftovers = [p.name for p in tmp_path.iterdir() if p.name != "m0001.mrc"]
+    assert len(leftovers) == 1 and leftovers[0].startswith(".m0002.mrc.")      # the crash left its temporary file
+    for name in (".m0003.1f2e3d4c.tmp.mrc", "._m0001.mrc", ".DS_Store", "m0004.mrc.part"):   # old style, macOS, partial
+        (tmp_path / name).write_bytes((tmp_path / "m0001.mrc").read_bytes())
+    assert [p.name for p in list_micrographs(tmp_path)] == ["m0001.mrc"]
+
+
+def test_disk_full_names_the_target(tmp_path):
+    target = tmp_path / "out" / "per_micrograph.csv"
+    with pytest.raises(OSError, match=r"per_micrograph\.csv: No space left on device") as e:
+        with atomic_path(target) as t:
+            t.write_text("half a ro")
+            raise OSError(errno.ENOSPC, "No space left on device")
+    assert e.value.errno == errno.ENOSPC and str(target) in str(e.value)
+    assert list(target.parent.iterdir()) == []
+
+
+@pytest.mark.parametrize("ext", [".png", ".jpg", ".tif"])
+def test_image_writers_do_not_need_the_suffix(tmp_path, ext):
+    "The temporary name has no image suffix: Pillow and tifffile are told the format."
+    u8 = np.random.default_rng(1).integers(0, 256, (12, 10)).astype(np.uint8)
+    back, _ = read_micrograph(write_micrograph(tmp_path / f"a{ext}", u8))
+    assert back.shape == u8.shape and (ext == ".jpg" or np.array_equal(back, u8))
+
+
+# ---------------------------------------------------------------- folders
+
+def test_list_micrographs_refuses_bad_entries_and_never_opens_them(tmp_path):
+    (tmp_path / "a.mrc").write_bytes(b"")
+    os.mkfifo(tmp_path / "pipe.mrc")
+    os.symlink("/dev/zero", tmp_path / "zero.png")
+    os.symlink(tmp_path / "gone.mrc", tmp_path / "lost.mrc")
+    with pytest.raises(ValueError) as e:
+        _finishes(lambda: list_micrographs(tmp_path), fifo=tmp_path / "pipe.mrc")
+    msg = str(e.value)
+    assert str(tmp_path) in msg and "3 of the micrographs cannot be read" in msg
+    for part in ("pipe.mrc: a FIFO (named pipe)", "zero.png: a character device", "lost.mrc: dangling symbolic link"):
+        assert part in msg
+    with pytest.warns(UserWarning, match="lost.mrc: dangling"):
+        assert [p.name for p in list_micrographs(tmp_path, on_bad="warn")] == ["a.mrc"]
+
+
+def test_two_inputs_one_output_name_are_refused(tmp_path):
+    from cryoseg.io import output_stems
+    for name in ("mic.mrc", "mic.png", "other.mrc"):
+        (tmp_path / name).write_bytes(b"")
+    with pytest.raises(ValueError, match=r"mic\.mrc and .*mic\.png map to one output name 'mic'"):
+        list_micrographs(tmp_path)
+    assert output_stems([tmp_path / "a.mrc", tmp_path / "b.mrc"]) == {"a": tmp_path / "a.mrc", "b": tmp_path / "b.mrc"}
+    with pytest.raises(ValueError, match="Mic.tif and mic.mrc"):
+        output_stems(["Mic.tif", "mic.mrc"])
+
+
+_NAMES = ["a.mrc", "a.png", "b.MRC", "c.tif", "d.mrcs", ".e.mrc", "._b.mrc", ".b.mrc.1f2e3d4c.tmp",
+          ".b.1f2e3d4c.tmp.mrc", "f.mrc.part", "g.txt", "h.map", "i.mrc~", "B.png"]
+_KINDS = ["file", "file", "dir", "fifo", "dangling", "devzero", "link"]
+
+
+def _make_entry(p: Path, kind: str, target: Path) -> None:
+    if kind == "file":
+        p.write_bytes(b"x")
+    elif kind == "dir":
+        p.mkdir()
+    elif kind == "fifo":
+        os.mkfifo(p)
+    else:
+        os.symlink({"dangling": target.parent / "nowhere", "devzero": "/dev/zero", "link": target}[kind], p)
+
+
+@given(entries=st.dictionaries(st.sampled_from(_NAMES), st.sampled_from(_KINDS), max_size=8))
+@settings(max_examples=80, deadline=None)
+def test_list_files_fuzz(entries):
+    "Any folder: the listing is exactly the readable, visible micrographs, or a clear error; nothing is opened."
+    from cryoseg.io import MICROGRAPH_EXTENSIONS, ignored_name, list_files
+    with tempfile.TemporaryDirectory() as d:
+        d = Path(d)
+        folder = d / "mics"
+        folder.mkdir()
+        (d / "target.bin").write_bytes(b"x")
+        for name, kind in entries.items():
+            _make_entry(folder / name, kind, d / "target.bin")
+        cand = {n: k for n, k in entries.items()
+                if not ignored_name(n) and Path(n).suffix.lower() in MICROGRAPH_EXTENSIONS}
+        bad = sorted(n for n, k in cand.items() if k in ("fifo", "dangling", "devzero"))
+        good = sorted(n for n, k in cand.items() if k in ("file", "link"))
+        stems = [Path(n).stem.casefold() for n in good]
+        try:
+            got = _finishes(lambda: list_files(folder, MICROGRAPH_EXTENSIONS, "micrographs"))
+        except ValueError as e:
+            assert bad or len(set(stems)) < len(stems), str(e)
+            assert str(folder) in str(e) or any(n in str(e) for n in good)
+            for n in bad:
+                assert f"{n}: " in str(e)
+            return
+        assert not bad and len(set(stems)) == len(stems)
+        assert [p.name for p in got] == good
+
+
+# ---------------------------------------------------------------- reading: special files, headers, TIFF
+
+@pytest.mark.parametrize("read,name", [(read_micrograph, "x.mrc"), (read_micrograph, "x.png"), (read_mask, "x.mrc"),
+                                       (read_particles, "x.star"), (read_particles, "x.box")])
+def test_readers_refuse_special_files(tmp_path, read, name):
+    "A FIFO would hang the reader, a link to /dev/zero is endless, a dangling link is gone: clear errors, at once."
+    fifo = tmp_path / f"fifo_{name}"
+    os.mkfifo(fifo)
+    with pytest.raises(ValueError, match=f"fifo_{name}: is a FIFO .*not a regular file"):
+        _finishes(lambda: read(fifo), fifo=fifo)
+    os.symlink("/dev/zero", tmp_path / f"zero_{name}")
+    with pytest.raises(ValueError, match=f"zero_{name}: is a character device"):
+        _finishes(lambda: read(tmp_path / f"zero_{name}"))
+    os.symlink(tmp_path / "nowhere", tmp_path / f"lost_{name}")
+    with pytest.raises(FileNotFoundError, match=f"lost_{name}: dangling symbolic link"):
+        read(tmp_path / f"lost_{name}")
+
+
+def _mrc_claiming(path, nx, ny, nz=1, mode=2, next_=0, size=None):
+    "An MRC header (from mrcfile) claiming `nx, ny, nz`, `mode`, `next_` extended bytes, in a file of `size` bytes."
+    with tempfile.TemporaryDirectory() as d:
+        with mrcfile.new(Path(d) / "h.mrc") as m:
+            m.set_data(np.zeros((2, 2), np.float32))
+        raw = bytearray((Path(d) / "h.mrc").read_bytes()[:1024])
+    raw[0:16] = np.array([nx, ny, nz, mode], "<i4").tobytes()
+    raw[92:96] = np.array([next_], "<i4").tobytes()
+    with open(path, "wb") as f:
+        f.write(raw)
+        f.truncate(1024 if size is None else size)
+    return path
+
+
+def test_mrc_header_claims_are_capped(tmp_path):
+    "A header may not claim more than the file holds, nor (from 256 MiB) much more than it stores: a sparse file."
+    f = _mrc_claiming(tmp_path / "claim.mrc", 46341, 46341)                 # 8 GiB claimed, 1 kB file
+    with pytest.raises(ValueError, match=r"claim.mrc: not a readable MRC file \(the header claims 8589953124 bytes"):
+        read_micrograph(f)
+    sparse = _mrc_claiming(tmp_path / "sparse.mrc", 8192, 8192, size=1024 + 8192**2 * 4)   # 256 MiB of holes
+    if sparse.stat().st_blocks * 512 > 2**20:
+        pytest.skip("this file system does not make sparse files")
+    for read in (read_micrograph, read_mask):
+        with pytest.raises(ValueError, match="sparse.mrc: not a readable MRC file .*a sparse or corrupt file"):
+            read(sparse)
+    ext = _mrc_claiming(tmp_path / "ext.mrc", 4, 4, next_=2**28, size=1024 + 2**28 + 64)   # a 256 MiB extended header
+    with pytest.raises(ValueError, match="ext.mrc: .*claims 268435520 bytes of extended header and data"):
+        read_micrograph(ext)
+
+
+def test_movie_refused_from_its_header(tmp_path):
+    "A stack of frames is refused before its data are read (the header says so)."
+    f = _mrc_claiming(tmp_path / "movie.mrcs", 64, 64, nz=40, size=1024 + 64 * 64 * 40 * 4)
+    with pytest.raises(ValueError, match=r"movie.mrcs: expected a 2D micrograph .*got shape \(40, 64, 64\) \(a movie"):
+        read_micrograph(f)
+
+
+@given(nx=st.integers(-2**31, 2**31 - 1), ny=st.integers(-2**31, 2**31 - 1), nz=st.integers(-2**31, 2**31 - 1),
+       mode=st.sampled_from([0, 1, 2, 3, 4, 6, 12, 101, 5, -1, 2**30]), next_=st.integers(-2**31, 2**31 - 1),
+       size=st.integers(0, 4096))
+@settings(max_examples=150, deadline=None)
+def test_mrc_header_claims_fuzz(nx, ny, nz, mode, next_, size):
+    "Any header on a small file: a clear error naming it, or an image whose size the file holds; never slow."
+    with tempfile.TemporaryDirectory() as d:
+        f = _mrc_claiming(Path(d) / "h.mrc", nx, ny, nz, mode, next_, size)
+        t0 = time.perf_counter()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            out = read_or_clear_error(lambda p: read_micrograph(p, check=False), f)
+        assert time.perf_counter() - t0 < 5
+    if out is not None:
+        img, _ = out
+        assert img.ndim == 2 and img.size <= 2 * size
+
+
+def test_planar_rgb_tiff_is_colour_not_a_movie(tmp_path):
+    import tifffile
+    rgb = np.random.default_rng(2).integers(0, 256, (3, 9, 11)).astype(np.uint8)
+    tifffile.imwrite(tmp_path / "planar.tif", rgb, photometric="rgb", planarconfig="separate")
+    img, _ = read_micrograph(tmp_path / "planar.tif")
+    np.testing.assert_allclose(img, rgb.mean(0).astype(np.float32))
+    tifffile.imwrite(tmp_path / "frames.tif", rgb, photometric="minisblack")
+    with pytest.raises(ValueError, match="frames.tif: .*a movie or a stack of several frames"):
+        read_micrograph(tmp_path / "frames.tif")
+
+
+# ---------------------------------------------------------------- STAR blocks and strict numbers
+
+def test_star_two_coordinate_blocks(tmp_path):
+    "Two coordinate tables: one table when compatible (same labels, micrograph names), else refused naming both."
+    f = tmp_path / "two.star"
+    f.write_text("data_a\nloop_\n_rlnMicrographName\n_rlnCoordinateX\n_rlnCoordinateY\nm1.mrc 1 2\n\n"
+                 "data_b\nloop_\n_rlnCoordinateY\n_rlnCoordinateX\n_rlnMicrographName\n4 3 m2.mrc\n5 6 m2.mrc\n")
+    p = read_star(f)
+    assert p.micrograph.tolist() == ["m1.mrc", "m2.mrc", "m2.mrc"] and p.x.tolist() == [1.0, 3.0, 6.0]
+    g = tmp_path / "nonames.star"
+    g.write_text("data_a\nloop_\n_rlnCoordinateX\n_rlnCoordinateY\n1 2\n\ndata_b\nloop_\n_rlnCoordinateX\n_rlnCoordinateY\n3 4\n")
+    with pytest.raises(ValueError, match=r"nonames.star: 2 coordinate tables \(data_a, data_b\) without rlnMicrographName"):
+        read_star(g)
+    h = tmp_path / "cols.star"
+    h.write_text("data_particles\nloop_\n_rlnCoordinateX\n_rlnCoordinateY\n_rlnMicrographName\n1 2 a\n\n"
+                 "data_more\nloop_\n_rlnCoordinateX\n_rlnCoordinateY\n_rlnMicrographName\n_rlnAnglePsi\n3 4 b 10\n")
+    with pytest.raises(ValueError, match=r"cols.star: 2 coordinate tables \(data_particles, data_more\) with different columns"):
+        read_star(h)
+
+
+def _with_rows(fmt, cells, blank):
+    "A coordinate file of `fmt` with the (x, y) text `cells`; returns (text, line of row 0, x/y column names)."
+    pre = [""] if blank else []
+    if fmt == "star":
+        head = ["data_", "loop_", "_rlnCoordinateX", "_rlnCoordinateY"] + pre
+        return "\n".join(head + [f"{x} {y}" for x, y in cells]) + "\n", len(head) + 1, ("rlnCoordinateX", "rlnCoordinateY")
+    if fmt == "box":
+        return "\n".join(pre + [f"{x} {y} 64 64" for x, y in cells]) + "\n", len(pre) + 1, ("1", "2")
+    if fmt == "csv":
+        head = ["X-Coordinate,Y-Coordinate"] + pre
+        return "\n".join(head + [f"{x},{y}" for x, y in cells]) + "\n", len(head) + 1, ("X-Coordinate", "Y-Coordinate")
+    head = ["image_name\tx_coord\ty_coord"] + pre
+    return "\n".join(head + [f"m\t{x}\t{y}" for x, y in cells]) + "\n", len(head) + 1, ("x_coord", "y_coord")
+
+
+_FULLWIDTH = str.maketrans("0123456789", "０１２３４５６７８９")
+
+
+@given(fmt=st.sampled_from(["star", "box", "csv", "txt"]), n=st.integers(1, 6), blank=st.booleans(), data=st.data())
+@FUZZ
+def test_numbers_python_accepts_but_files_do_not_mean(tmp_path, fmt, n, blank, data):
+    "`1_00` (float() reads 100) or non-ASCII digits in any coordinate file: an error naming file, line and column."
+    cells = [[str(data.draw(st.integers(0, 5000))), str(data.draw(st.integers(0, 5000)))] for _ in range(n)]
+    row, col = data.draw(st.integers(0, n - 1)), data.draw(st.integers(0, 1))
+    digits = str(data.draw(st.integers(10, 10**9)))
+    cut = data.draw(st.integers(1, len(digits) - 1))
+    bad = data.draw(st.sampled_from([digits[:cut] + "_" + digits[cut:], digits.translate(_FULLWIDTH)]))
+    cells[row][col] = bad
+    text, first, names = _with_rows(fmt, cells, blank)
+    f = tmp_path / f"n.{fmt}"
+    f.write_text(text, encoding="utf-8")
+    with pytest.raises(ValueError) as e:
+        read_particles(f)
+    assert f"n.{fmt}: line {first + row}, column {names[col]}: {bad!r} is not a number" in str(e.value)
+
+
+@pytest.mark.parametrize("fmt", ["star", "box", "csv", "txt"])
+def test_strict_numbers_still_read(tmp_path, fmt):
+    tokens = ["1.", ".5", "+2", "1E3", "-0.0", "7", "2.5e-3", " 3"]
+    text, _, _ = _with_rows(fmt, [[t.strip(), "1"] for t in tokens], False)
+    (tmp_path / f"ok.{fmt}").write_text(text)
+    df = read_particles(tmp_path / f"ok.{fmt}")
+    expect = [float(t) + (32 if fmt == "box" else 0) for t in tokens]
+    assert df.x.tolist() == expect
+
+
+def test_star_integer_and_optics_columns_are_strict(tmp_path):
+    f = tmp_path / "ids.star"
+    f.write_text("data_\nloop_\n_rlnCoordinateX\n_rlnCoordinateY\n_cryosegParticleId\n_rlnClassNumber\n1 2 1 1_0\n3 4 2_0 2\n")
+    with pytest.raises(ValueError, match=r"ids.star: line 8, column cryosegParticleId: '2_0' is not a 64-bit integer"):
+        read_star(f)
+    f.write_text("data_\nloop_\n_rlnCoordinateX\n_rlnCoordinateY\n_rlnClassNumber\n1 2 1_0\n3 4 2\n")
+    assert read_star(f).rlnClassNumber.tolist() == ["1_0", "2"]          # an unknown column keeps its text
+    g = tmp_path / "opt.star"
+    g.write_text("data_optics\nloop_\n_rlnOpticsGroup\n_rlnVoltage\n1 3_00\n\ndata_particles\nloop_\n"
+                 "_rlnCoordinateX\n_rlnCoordinateY\n1 2\n")
+    with pytest.raises(ValueError, match=r"opt.star: line 5, column rlnVoltage: '3_00' is not a number"):
+        read_star(g)
+
+
+# ---------------------------------------------------------------- downloads: deadline, cap, validation
+
+def test_download_endless_body_stops_at_the_cap(site, tmp_path):
+    url, _ = site
+    t0 = time.perf_counter()
+    with pytest.raises(ValueError, match=r"e\.bin: download of .*_faults/endless/e\.bin stopped after \d+ bytes, "
+                                         r"more than max_bytes=4194304"):
+        download(url + "_faults/endless/e.bin", tmp_path / "out" / "e.bin", max_bytes=4 * 2**20, progress=False)
+    assert time.perf_counter() - t0 < 20 and list((tmp_path / "out").iterdir()) == []
+
+
+def test_download_announced_size_over_the_cap(site, tmp_path):
+    url, _ = site
+    with pytest.raises(ValueError, match=f"announces {2**40} bytes, more than max_bytes="):
+        download(url + "_faults/huge/h.bin", tmp_path / "out" / "h.bin", progress=False)
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_download_no_space_for_the_announced_size(site, tmp_path, monkeypatch):
+    import shutil as _shutil
+    url, payload = site
+    monkeypatch.setattr(_shutil, "disk_usage", lambda p: _shutil._ntuple_diskusage(10**6, 10**6 - 100, 100))
+    with pytest.raises(OSError, match=r"f\.bin: .*announces 150000 bytes, only 100 bytes are free") as e:
+        download(url + "f.bin", tmp_path / "out" / "f.bin", progress=False)
+    assert e.value.errno == errno.ENOSPC and list((tmp_path / "out").iterdir()) == []
+
+
+def test_download_slow_drip_ends_at_the_deadline(site, tmp_path):
+    "Each byte arrives well within the socket timeout; the total deadline still ends the download."
+    url, _ = site
+    t0 = time.perf_counter()
+    with pytest.raises(ConnectionError, match="not finished within the deadline of 1.5 s"):
+        download(url + "_faults/slow/s.bin", tmp_path / "out" / "s.bin", deadline_s=1.5, timeout_s=10, progress=False)
+    assert time.perf_counter() - t0 < 5 and list((tmp_path / "out").iterdir()) == []
+
+
+def test_fetch_pdb_refuses_an_html_page_and_keeps_nothing(site, tmp_path):
+    from cryoseg.fetch import fetch_pdb
+    url, _ = site
+    cache = tmp_path / "cache"
+    with pytest.raises(ValueError, match=r"1ABC\.cif: download of .*1ABC\.cif refused: an HTML page, not an mmCIF file"):
+        fetch_pdb("1abc", cache_dir=cache, base_url=url + "_faults/html/", progress=False)
+    assert list(cache.iterdir()) == []
+    (cache / "1ABC.cif").write_text("<!DOCTYPE html><html>cached by an older cryoseg</html>")
+    root = tmp_path / "site"
+    (root / "1ABC.cif").write_text("data_1ABC\nloop_\n_atom_site.id\n_atom_site.type_symbol\n1 C\n")
+    with pytest.warns(UserWarning, match="1ABC.cif: the cached file is not valid"):
+        got = fetch_pdb("1abc", cache_dir=cache, base_url=url, progress=False)
+    assert got.read_text().startswith("data_1ABC")
+    (root / "2XYZ.cif").write_text("data_2XYZ\n_entry.id 2XYZ\n")
+    with pytest.raises(ValueError, match="2XYZ.cif: .*without atoms"):
+        fetch_pdb("2xyz", cache_dir=cache, base_url=url, progress=False)
+    assert sorted(p.name for p in cache.iterdir()) == ["1ABC.cif"]
+
+
+def test_fetch_emdb_checks_the_map_and_the_registry(site, tmp_path):
+    import gzip
+    from cryoseg.fetch import fetch_emdb
+    url, _ = site
+    root = tmp_path / "site"
+    (root / "EMD-1111" / "map").mkdir(parents=True)
+    (root / "EMD-1111" / "map" / "emd_1111.map.gz").write_bytes(gzip.compress(b"not an MRC map" * 100))
+    with pytest.raises(ValueError, match=r"emd_1111\.map\.gz: does not hold a valid file \(not a readable MRC"):
+        fetch_emdb(1111, cache_dir=tmp_path / "c", base_url=url, progress=False)
+    assert list((tmp_path / "c").iterdir()) == []                      # the archive was removed too
+    good = write_micrograph(tmp_path / "m.mrc", np.arange(6, dtype=np.float32).reshape(2, 3))
+    gz = gzip.compress(good.read_bytes())
+    (root / "EMD-1111" / "map" / "emd_1111.map.gz").write_bytes(gz)
+    with pytest.raises(ValueError, match="SHA-256 mismatch"):
+        fetch_emdb(1111, cache_dir=tmp_path / "c", base_url=url, progress=False, retries=0,
+                   registry={"emd_1111.map.gz": "sha256:" + "0" * 64})
+    reg = {"emd_1111.map.gz": "sha256:" + hashlib.sha256(gz).hexdigest()}
+    m = fetch_emdb(1111, cache_dir=tmp_path / "c", base_url=url, progress=False, registry=reg)
+    assert m.read_bytes() == good.read_bytes() and [p.name for p in (tmp_path / "c").iterdir()] == ["emd_1111.map"]
