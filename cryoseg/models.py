@@ -5,6 +5,7 @@
 # %% ../nbs/05_models.ipynb #bfb08863
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import torch
@@ -12,7 +13,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 # %% auto #0
-__all__ = ['MODEL_NAMES', 'ConvBlock', 'UNet', 'TorchvisionSeg', 'get_model', 'count_parameters']
+__all__ = ['MODEL_NAMES', 'ConvBlock', 'UNet', 'unreadable_reason', 'load_weights_file', 'TorchvisionSeg', 'get_model',
+           'count_parameters']
 
 # %% ../nbs/05_models.ipynb #3d74551c
 class ConvBlock(nn.Sequential):
@@ -143,6 +145,29 @@ def _build_torchvision(name: str, in_channels: int, n_classes: int, weights, wei
         m.backbone["0"][0] = _to_grey_conv(m.backbone["0"][0], in_channels)
     return m
 
+# %% ../nbs/05_models.ipynb #4bfc4031
+def unreadable_reason(path: Path, e: BaseException) -> str:
+    "Why `torch.load(path, weights_only=True)` failed, in words: never an advice to unpickle the file."
+    msg = " ".join(str(e).split())
+    g = re.search(r"GLOBAL ([\w.]+)", msg)
+    if g or "Weights only load failed" in msg:
+        return (f"it holds pickled Python objects{f' ({g.group(1)})' if g else ''}, not only tensors and numbers; "
+                "cryoseg reads weights written by cryoseg and never runs code from a file")
+    if path.is_file() and path.stat().st_size == 0:
+        return "the file is empty"
+    return f"the file is truncated or corrupt ({type(e).__name__}: {msg.split('. ')[0][:120] or 'unexpected end'})"
+
+
+def load_weights_file(path: str | Path, map_location="cpu"):
+    "`torch.load(path, weights_only=True)`, with a ValueError naming the file and the reason when it cannot be read."
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # torch raises UnpicklingError, RuntimeError, EOFError, ... for bad files
+        raise ValueError(f"{path}: cannot read weights: {unreadable_reason(path, e)}") from None
+
 # %% ../nbs/05_models.ipynb #9b52129e
 class TorchvisionSeg(nn.Module):
     "A torchvision segmentation model taking `in_channels` inputs and returning the `'out'` logits tensor."
@@ -160,8 +185,8 @@ class TorchvisionSeg(nn.Module):
     def _load(self, path: Path) -> None:
         "Load a state dict (or a checkpoint dict with a 'model' entry) saved from the same architecture."
         if not path.exists(): raise FileNotFoundError(f"{path}: state dict not found")
-        sd = torch.load(path, map_location="cpu", weights_only=True)
-        sd = sd.get("model", sd)
+        sd = load_weights_file(path)
+        sd = sd.get("model", sd) if isinstance(sd, dict) else sd
         try:
             self.load_state_dict(sd)
         except RuntimeError as e:
