@@ -34,7 +34,7 @@ def interaction_constant(voltage_kv: float) -> float:
 # %% ../nbs/02b_ctf.ipynb #9893dc63
 @dataclasses.dataclass(frozen=True)
 class CTF:
-    "The optics of one micrograph (REFERENCE.md conventions), validated when made; frozen, so it can key a cache."
+    "The optics of one micrograph (docs/REFERENCE.md conventions), validated when made; frozen, so it can key a cache."
     defocus_u_um: float                  # defocus along the U direction, µm, positive = underfocus
     defocus_v_um: float | None = None    # along V (default: = U, no astigmatism)
     defocus_angle_deg: float = 0.0       # direction of U from the x axis (columns) towards y (rows)
@@ -74,7 +74,7 @@ def _frequencies(shape, pixel_size_a: float, rfft: bool = True, fftshift: bool =
 
 def ctf_2d_reference(shape: tuple[int, int], pixel_size_a: float, ctf: CTF, rfft: bool = True,
                      fftshift: bool = False) -> np.ndarray:
-    "REFERENCE.md's CTF, term by term, float64 `(H, W//2+1)` (rfft) or `(H, W)`: the readable twin of `ctf_2d`."
+    "docs/REFERENCE.md's CTF, term by term, float64 `(H, W//2+1)` (rfft) or `(H, W)`: the readable twin of `ctf_2d`."
     fy, fx = _frequencies(shape, check_positive(pixel_size_a, "pixel_size_a", "Å per pixel"), rfft, fftshift)
     s = np.hypot(fx, fy)                             # |spatial frequency|, 1/Å
     theta = np.arctan2(fy, fx)                       # its direction from the x axis

@@ -260,3 +260,11 @@ def test_real_index_in_chromium(tmp_path):
     check = selfcheck(tmp_path / "site" / "index.html", tmp_path / "profile")
     assert check["errors"] == 0 and check["current"] == ["index.html"], check
     assert check["images"] == check["images_loaded"] and check["maths"] == check["maths_laid_out"], check
+
+
+def test_every_notebook_names_its_kernel():
+    "Opening a notebook in JupyterLab must not ask 'Select Kernel': every notebook carries a python3 kernelspec."
+    root = Path(__file__).resolve().parents[1] / "nbs"
+    missing = [nb.name for nb in sorted(root.glob("*.ipynb"))
+               if json.loads(nb.read_text(encoding="utf-8")).get("metadata", {}).get("kernelspec", {}).get("name") != "python3"]
+    assert not missing, f"notebooks without a python3 kernelspec: {missing}"
