@@ -10,10 +10,16 @@
 2. Throughput: training tiles/s (forward + backward + AdamW step, batch `--batch` of `--size`² crops, channels-last
    as in `fit`) for each
    model in `MODEL_NAMES`, on the CPU and on CUDA when present.
+3. Memory (`--memory`): peak resident memory of `predict_tiled` (default tiles 512², overlap 64) on one
+   `--memory-size`² micrograph (default 4096²), each case in a fresh process: the peak growth while predicting
+   (the peak is reset just before, `/proc/self/clear_refs`) and the whole process's peak (imports, model and
+   micrograph included). Cases: a one-layer network (the blending alone), the default U-Net, and the default
+   U-Net followed by `cryoseg.crf.crf_tiled`. Linux only.
 
     python bench/train.py                      # everything, CPU threads = all cores
     python bench/train.py --threads 2 --skip-throughput
     python bench/train.py --models unet lraspp_mobilenet_v3_large --steps 3
+    python bench/train.py --memory --skip-fit --skip-throughput
 """
 from __future__ import annotations
 
@@ -124,6 +130,48 @@ def throughput(name: str, device: torch.device, batch: int, size: int, steps: in
                 step_s=round(dt, 3), tiles_per_s=round(batch / dt, 2))
 
 
+_MEMORY_CASE = """
+import json, sys, numpy as np, torch
+from cryoseg.core import set_threads
+set_threads(1)
+from cryoseg.predict import predict_tiled
+from cryoseg.models import get_model
+kind, n, device = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+def status(k):
+    return next(int(l.split()[1]) / 1024 for l in open("/proc/self/status") if l.startswith(k))
+net = torch.nn.Conv2d(1, 2, 3, padding=1) if kind == "conv" else get_model("unet")
+img = (100 + 3 * np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)).astype(np.float32)
+predict_tiled(net, img[:600, :600], device=device)                       # warm-up (allocator, oneDNN)
+if kind == "unet+crf":
+    from cryoseg.crf import crf_tiled
+    crf_tiled(predict_tiled(net, img[:600, :600], device=device), img[:600, :600], device=device)
+open("/proc/self/clear_refs", "w").write("5")                           # reset the peak
+base = status("VmRSS")
+prob = predict_tiled(net, img, device=device)
+if kind == "unet+crf":
+    prob = crf_tiled(prob, img, device=device)
+cuda = torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else None
+print(json.dumps(dict(case=kind, size=n, device=device, base_mb=round(base), added_peak_mb=round(status("VmHWM") - base),
+                      process_peak_mb=round(status("VmHWM")), cuda_peak_mb=cuda, micrograph_mb=round(img.nbytes / 2**20))))
+"""
+
+
+def memory(size: int, device: str, cases=("conv", "unet", "unet+crf")) -> list[dict]:
+    "Peak memory of `predict_tiled` (and the CRF after it) on a `size`² micrograph, each case in a fresh process."
+    import os
+    import subprocess
+    import sys
+    rows = []
+    for kind in cases:
+        r = subprocess.run([sys.executable, "-c", _MEMORY_CASE, kind, str(size), device], capture_output=True, text=True,
+                           env={**os.environ, "OMP_NUM_THREADS": "1"})
+        if r.returncode:
+            raise RuntimeError(f"memory case {kind}: {r.stderr[-2000:]}")
+        rows.append(json.loads(r.stdout.strip().splitlines()[-1]))
+        print(f"  {rows[-1]}", flush=True)
+    return rows
+
+
 def main():
     from cryoseg.models import MODEL_NAMES
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -142,6 +190,8 @@ def main():
     ap.add_argument("--steps", type=int, default=2, help="timed steps per model (after one warm-up)")
     ap.add_argument("--skip-fit", action="store_true")
     ap.add_argument("--skip-throughput", action="store_true")
+    ap.add_argument("--memory", action="store_true", help="peak memory of predict_tiled on one large micrograph")
+    ap.add_argument("--memory-size", type=int, default=4096)
     ap.add_argument("--json", default=None, help="also write the results to this JSON file")
     ap.add_argument("--devices", default=None, help="comma-separated, e.g. cuda (default: cpu, and cuda when present)")
     args = ap.parse_args()
@@ -173,6 +223,10 @@ def main():
         results["throughput"] = rows
         print("\n### Training throughput (batch %d, %d² crops)\n" % (args.batch, args.size))
         print(pd.DataFrame(rows).to_markdown(index=False) if _has_tabulate() else pd.DataFrame(rows).to_string(index=False))
+    if args.memory:
+        results["memory"] = [r for d in devices for r in memory(args.memory_size, d.type)]
+        print(f"\n### Peak memory of predict_tiled on one {args.memory_size}² micrograph (tiles 512², overlap 64)\n")
+        print(pd.DataFrame(results["memory"]).to_string(index=False))
     if args.json:
         with open(args.json, "w") as f: json.dump(results, f, indent=1)
 

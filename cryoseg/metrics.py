@@ -13,8 +13,8 @@ from .particles import micrograph_key
 
 # %% auto #0
 __all__ = ['RULES', 'PR_COLUMNS', 'confusion_counts', 'pixel_scores', 'pixel_metrics', 'as_xy', 'match_picks', 'box_iou',
-           'match_boxes', 'pick_outcomes', 'picking_scores', 'picking_metrics', 'picking_table', 'micrograph_rows',
-           'pr_curve', 'average_precision', 'metrics_table']
+           'match_boxes', 'pick_outcomes', 'picking_scores', 'picking_metrics', 'picking_table', 'picking_report',
+           'micrograph_rows', 'pr_curve', 'average_precision', 'metrics_table']
 
 # %% ../nbs/09_metrics.ipynb #52735027
 _NOT_BINARY = ("{} must be a binary mask (bool or 0/1), got values other than 0 and 1 "
@@ -167,33 +167,88 @@ def as_xy(points, what: str = "points") -> np.ndarray:
     return a
 
 # %% ../nbs/09_metrics.ipynb #2a2b9598
-def _assign(n_pred: int, n_true: int, pairs: list[tuple[int, int, float]]):
-    """Maximum-cardinality, minimum-cost one-to-one assignment restricted to candidate `pairs` (i, j, cost).
-    Returns (pred_idx, true_idx) int arrays."""
+def _ranks(group: np.ndarray, v: np.ndarray) -> np.ndarray:
+    "The rank (0, 1, ...) of each `v` among the distinct values of `v` in its `group` (np.unique's inverse, per group)."
+    if len(v) == 0:
+        return np.zeros(0, np.intp)
+    o = np.lexsort((v, group))
+    g, x = group[o], v[o]
+    start = np.r_[True, g[1:] != g[:-1]]
+    new = start | np.r_[True, x[1:] != x[:-1]]
+    r = np.cumsum(new) - 1
+    out = np.empty(len(v), np.intp)
+    out[o] = r - np.maximum.accumulate(np.where(start, r, 0))
+    return out
+
+
+def _assign(pi: np.ndarray, ti: np.ndarray, cost: np.ndarray, n_pred: int, n_true: int):
+    """Maximum-cardinality, minimum-cost one-to-one assignment restricted to the candidate pairs
+    `(pi[k], ti[k])` of cost `cost[k]`. Returns (pred_idx, true_idx) int arrays, sorted by pred_idx."""
     from scipy.optimize import linear_sum_assignment
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
-    if not pairs:
+    if len(pi) == 0:
         return np.zeros(0, int), np.zeros(0, int)
-    pi, ti, cost = (np.array(v) for v in zip(*pairs))
     # connected groups of the bipartite candidate graph (nodes: picks 0..n_pred-1, truths n_pred..)
     g = coo_matrix((np.ones(len(pi)), (pi, ti + n_pred)), shape=(n_pred + n_true,) * 2)
     _, lab = connected_components(g, directed=False)
-    out_p, out_t = [], []
-    for comp in np.unique(lab[pi]):
-        sel = lab[pi] == comp
-        up, inv_p = np.unique(pi[sel], return_inverse=True)
-        ut, inv_t = np.unique(ti[sel], return_inverse=True)
-        c = cost[sel]
-        big = (np.abs(c).max() + 1.0) * (min(len(up), len(ut)) + 1)
+    comp = lab[pi]
+    single = np.bincount(comp)[comp] == 1              # a group of one pair: that pair is its matching
+    out_p, out_t = [pi[single]], [ti[single]]
+    rest = np.flatnonzero(~single)
+    rest = rest[np.argsort(comp[rest], kind="stable")]
+    rp, rt = _ranks(comp[rest], pi[rest]), _ranks(comp[rest], ti[rest])   # row and column in the group's matrix
+    for sel in np.split(np.arange(len(rest)), np.flatnonzero(np.diff(comp[rest])) + 1) if len(rest) else []:
+        e, r_, c_ = rest[sel], rp[sel], rt[sel]
+        up, ut = np.empty(r_.max() + 1, np.intp), np.empty(c_.max() + 1, np.intp)
+        up[r_], ut[c_] = pi[e], ti[e]
+        big = (np.abs(cost[e]).max() + 1.0) * (min(len(up), len(ut)) + 1)
         m = np.full((len(up), len(ut)), big)
-        m[inv_p, inv_t] = c
+        m[r_, c_] = cost[e]
         r, k = linear_sum_assignment(m)
         ok = m[r, k] < big
         out_p.append(up[r[ok]]); out_t.append(ut[k[ok]])
     p, t = np.concatenate(out_p), np.concatenate(out_t)
     order = np.argsort(p, kind="stable")
     return p[order].astype(int), t[order].astype(int)
+
+# %% ../nbs/09_metrics.ipynb #f1daeaf0
+def _near(pxy: np.ndarray, pm: np.ndarray, txy: np.ndarray, tm: np.ndarray, r: float):
+    """`(i, j, dist)`: every pick `i` and true centre `j` of the same micrograph (index arrays `pm`, `tm`) at
+    most `r` apart, from one k-d tree pair over all micrographs (each on its own plane of a third axis)."""
+    from scipy.spatial import cKDTree
+    if len(pxy) == 0 or len(txy) == 0:
+        return np.zeros(0, np.intp), np.zeros(0, np.intp), np.zeros(0)
+    sep = 2.0 * r + 1.0                                # planes further apart than r: no pair across micrographs
+    tree = lambda xy, m: cKDTree(np.column_stack([xy, m * sep]), balanced_tree=False, compact_nodes=False)
+    a, b = tree(pxy, pm), tree(txy, tm)
+    s = a.sparse_distance_matrix(b, r, output_type="ndarray")
+    return s["i"].astype(np.intp), s["j"].astype(np.intp), s["v"]
+
+
+def _candidates(pxy, pm, txy, tm, rule: str, radius: float, box_px: float, min_iou: float):
+    """Allowed pairs `(i, j, cost)`: centres at most `radius` apart, cost = distance (`rule="distance"`), or
+    boxes with IoU >= `min_iou`, cost = 1 − IoU (`rule="box_iou"`)."""
+    if rule == "distance":
+        i, j, _ = _near(pxy, pm, txy, tm, radius + 1e-9)
+        d = np.hypot(*(pxy[i] - txy[j]).T)
+        ok = d <= radius
+        return i[ok], j[ok], d[ok]
+    i, j, _ = _near(pxy, pm, txy, tm, box_px * np.sqrt(2))
+    iou = box_iou(*(pxy[i] - txy[j]).T, box_px)
+    ok = iou >= min_iou
+    return i[ok], j[ok], 1.0 - iou[ok]
+
+
+def _match(pxy, pm, txy, tm, rule: str, radius: float, box_px: float, min_iou: float):
+    "One-to-one matching of picks to true centres of the same micrograph under `rule`: `(pred_idx, true_idx)`."
+    i, j, cost = _candidates(pxy, pm, txy, tm, rule, radius, box_px, min_iou)
+    return _assign(i, j, cost, len(pxy), len(txy))
+
+
+def _one(n: int) -> np.ndarray:
+    "Micrograph index 0 for `n` points (one micrograph)."
+    return np.zeros(n, np.intp)
 
 # %% ../nbs/09_metrics.ipynb #46dd3cae
 def match_picks(pred_xy, true_xy, max_dist_px: float):
@@ -202,16 +257,10 @@ def match_picks(pred_xy, true_xy, max_dist_px: float):
     `pred_xy`, `true_xy`: (n, 2) / (m, 2) centres (x, y) in pixels, or particles DataFrames.
     Returns `(pred_idx, true_idx, dist_px)`: indices of matched pairs (sorted by pick index) and their
     centre distances. Maximises the number of pairs, then minimises the total distance (Hungarian)."""
-    from scipy.spatial import cKDTree
     p, t = as_xy(pred_xy, "pred_xy"), as_xy(true_xy, "true_xy")
     if not np.isfinite(max_dist_px) or max_dist_px < 0:
         raise ValueError(f"max_dist_px must be a finite number >= 0, got {max_dist_px}")
-    if len(p) == 0 or len(t) == 0:
-        return np.zeros(0, int), np.zeros(0, int), np.zeros(0)
-    near = cKDTree(p).query_ball_tree(cKDTree(t), r=float(max_dist_px) + 1e-9)
-    pairs = [(i, j, float(np.hypot(*(p[i] - t[j])))) for i, js in enumerate(near) for j in js]
-    pairs = [q for q in pairs if q[2] <= max_dist_px]
-    pi, ti = _assign(len(p), len(t), pairs)
+    pi, ti = _match(p, _one(len(p)), t, _one(len(t)), "distance", float(max_dist_px), 0.0, 0.0)
     return pi, ti, np.hypot(*(p[pi] - t[ti]).T) if len(pi) else np.zeros(0)
 
 # %% ../nbs/09_metrics.ipynb #fd484058
@@ -225,49 +274,43 @@ def box_iou(dx, dy, box_px: float):
 def match_boxes(pred_xy, true_xy, box_px: float, min_iou: float = 0.5):
     """One-to-one matching of square boxes (side `box_px`, centred on the picks / true centres) with
     IoU >= `min_iou` (CRISP's rule). Returns `(pred_idx, true_idx, iou)`."""
-    from scipy.spatial import cKDTree
     p, t = as_xy(pred_xy, "pred_xy"), as_xy(true_xy, "true_xy")
     if not (box_px > 0):
         raise ValueError(f"box_px must be > 0, got {box_px}")
     if not (0 < min_iou <= 1):
         raise ValueError(f"min_iou must be in (0, 1], got {min_iou}")
-    if len(p) == 0 or len(t) == 0:
-        return np.zeros(0, int), np.zeros(0, int), np.zeros(0)
-    near = cKDTree(p).query_ball_tree(cKDTree(t), r=float(box_px) * np.sqrt(2))
-    pairs = []
-    for i, js in enumerate(near):
-        for j in js:
-            iou = float(box_iou(*(p[i] - t[j]), box_px))
-            if iou >= min_iou:
-                pairs.append((i, j, 1.0 - iou))
-    pi, ti = _assign(len(p), len(t), pairs)
+    pi, ti = _match(p, _one(len(p)), t, _one(len(t)), "box_iou", 0.0, float(box_px), min_iou)
     return pi, ti, box_iou(*(p[pi] - t[ti]).T, box_px) if len(pi) else np.zeros(0)
 
 # %% ../nbs/09_metrics.ipynb #2185d50c
 RULES = ("distance", "box_iou", "within")
 
 
-def _within(pxy: np.ndarray, txy: np.ndarray, radius: float):
-    "Many-to-one rule: (picks with a true centre within `radius`, true centres with a pick within it, their errors)."
+def _within(pxy: np.ndarray, pm: np.ndarray, txy: np.ndarray, tm: np.ndarray, radius: float):
+    "Many-to-one rule: (picks with a true centre within `radius`, true centres with a pick within it, pick errors)."
     from scipy.spatial import cKDTree
+    err = np.full(len(pxy), np.nan)
     if len(pxy) == 0 or len(txy) == 0:
-        return np.zeros(len(pxy), bool), np.zeros(len(txy), bool), np.zeros(0)
-    dp, _ = cKDTree(txy).query(pxy, distance_upper_bound=radius + 1e-9)
-    dt, _ = cKDTree(pxy).query(txy, distance_upper_bound=radius + 1e-9)
-    return dp <= radius, dt <= radius, dp[dp <= radius]
+        return np.zeros(len(pxy), bool), np.zeros(len(txy), bool), err
+    sep = 2.0 * radius + 1.0                           # one plane per micrograph, as in `_near`
+    p3, t3 = np.column_stack([pxy, pm * sep]), np.column_stack([txy, tm * sep])
+    dp, _ = cKDTree(t3).query(p3, distance_upper_bound=radius + 1e-9)
+    dt, _ = cKDTree(p3).query(t3, distance_upper_bound=radius + 1e-9)
+    correct = dp <= radius
+    err[correct] = dp[correct]
+    return correct, dt <= radius, err
 
 
-def _outcomes(pxy: np.ndarray, txy: np.ndarray, rule: str, radius: float, box_px: float, min_iou: float):
-    "(correct picks: bool (n,), found true particles: bool (m,), centre errors px of the counted pairs)."
+def _outcomes(pxy, pm, txy, tm, rule: str, radius: float, box_px: float, min_iou: float):
+    """(correct picks: bool (n,), found true particles: bool (m,), centre error of each correct pick (n,), NaN
+    elsewhere), picks and truths on micrographs `pm`, `tm` (index arrays)."""
     if rule == "within":
-        return _within(pxy, txy, radius)
-    if rule == "distance":
-        pi, ti, _ = match_picks(pxy, txy, radius)
-    else:
-        pi, ti, _ = match_boxes(pxy, txy, box_px, min_iou)
-    correct, found = np.zeros(len(pxy), bool), np.zeros(len(txy), bool)
+        return _within(pxy, pm, txy, tm, radius)
+    pi, ti = _match(pxy, pm, txy, tm, rule, radius, box_px, min_iou)
+    correct, found, err = np.zeros(len(pxy), bool), np.zeros(len(txy), bool), np.full(len(pxy), np.nan)
     correct[pi], found[ti] = True, True
-    return correct, found, np.hypot(*(pxy[pi] - txy[ti]).T) if len(pi) else np.zeros(0)
+    err[pi] = np.hypot(*(pxy[pi] - txy[ti]).T)
+    return correct, found, err
 
 # %% ../nbs/09_metrics.ipynb #5e06704f
 def _check_rule(rule: str, diameter_px: float, frac: float) -> float:
@@ -287,7 +330,8 @@ def pick_outcomes(picks, truth, diameter_px: float, frac: float = 0.5, rule: str
     (see `picking_metrics`). `picks`, `truth`: particles tables or (n, 2) centres (x, y) px."""
     radius = _check_rule(rule, diameter_px, frac)
     box = diameter_px if box_px is None else box_px
-    correct, found, _ = _outcomes(as_xy(picks, "picks"), as_xy(truth, "truth"), rule, radius, box, min_iou)
+    p, t = as_xy(picks, "picks"), as_xy(truth, "truth")
+    correct, found, _ = _outcomes(p, _one(len(p)), t, _one(len(t)), rule, radius, box, min_iou)
     return correct, found
 
 # %% ../nbs/09_metrics.ipynb #07426ffa
@@ -302,59 +346,80 @@ def picking_scores(n_matched: int, n_picks: int, n_true: int, n_correct: int | N
     return dict(precision=p, recall=r, f1=f1)
 
 # %% ../nbs/09_metrics.ipynb #40c46597
-def _split(table, what: str) -> dict:
-    "{micrograph key: ((n, 2) centres, scores)} from a particles table or an (n, 2) array."
+def _split(table, what: str) -> tuple:
+    """`(centres (n, 2), scores (n,), keys, key index per row)` of a particles table or an (n, 2) array: `keys`
+    are the micrograph keys in order of first appearance (`[""]` for an array)."""
     if table is None:
-        return {}
+        return np.zeros((0, 2)), np.zeros(0), [], np.zeros(0, np.intp)
     xy = as_xy(table, what)
     if not isinstance(table, pd.DataFrame):
-        return {"": (xy, np.full(len(xy), np.nan))}
+        return xy, np.full(len(xy), np.nan), [""], _one(len(xy))
     score = table["score"].to_numpy(np.float64) if "score" in table.columns else np.full(len(xy), np.nan)
-    keys = (table["micrograph"].map(micrograph_key).to_numpy() if "micrograph" in table.columns
-            else np.full(len(xy), "", object))
-    return {k: (xy[keys == k], score[keys == k]) for k in pd.unique(keys)}
+    if "micrograph" not in table.columns:
+        return xy, score, [""] if len(xy) else [], _one(len(xy))
+    codes, names = pd.factorize(table["micrograph"], use_na_sentinel=False)   # each name once, then its key
+    key_codes, keys = pd.factorize(np.array([micrograph_key(n) for n in names], dtype=object))
+    return xy, score, list(keys), key_codes[codes].astype(np.intp)
 
 
-def _names(P: dict, T: dict, micrographs, missing: str) -> tuple[dict, dict, list]:
-    "The micrographs to evaluate, after pairing an unnamed table and checking names; returns (P, T, names)."
+def _names(pkeys: list, pcount, tkeys: list, tcount, micrographs, missing: str) -> tuple[list, list, list]:
+    """The micrographs to evaluate, after pairing an unnamed table and checking names (`pcount`, `tcount`:
+    points per key); returns (pkeys, tkeys, names)."""
     if missing not in ("error", "empty", "ignore"):
         raise ValueError(f"missing must be 'error', 'empty' or 'ignore', got {missing!r}")
     # one unnamed table against one named micrograph: pair them
-    if len(P) == 1 and len(T) == 1 and micrographs is None and set(P) != set(T) and "" in set(P) | set(T):
-        key = next(k for k in list(P) + list(T) if k)
-        P, T = {key: next(iter(P.values()))}, {key: next(iter(T.values()))}
-    names = list(T) if micrographs is None else list(dict.fromkeys(micrograph_key(m) for m in micrographs))
+    if len(pkeys) == 1 and len(tkeys) == 1 and micrographs is None and pkeys != tkeys and "" in pkeys + tkeys:
+        pkeys = tkeys = [next(k for k in pkeys + tkeys if k)]
+    names = list(tkeys) if micrographs is None else list(dict.fromkeys(micrograph_key(m) for m in micrographs))
+    known = set(names)
     if micrographs is not None:
-        unlisted = [k for k in T if k not in names and len(T[k][0])]
+        unlisted = [k for k, n in zip(tkeys, tcount) if k not in known and n]
         if unlisted:
             raise ValueError(f"truth has particles on micrograph(s) not in micrographs=[...]: {unlisted[:5]}")
-    extra = [k for k in P if k not in names and len(P[k][0])]
+    extra = [k for k, n in zip(pkeys, pcount) if k not in known and n]
     if extra and missing == "error":
         raise ValueError(f"picks on {len(extra)} micrograph(s) with no ground truth: {extra[:5]}"
                          f"{' ...' if len(extra) > 5 else ''} (known: {names[:5]}{' ...' if len(names) > 5 else ''}); "
                          "name every evaluated micrograph in micrographs=[...], or pass missing='empty' "
                          "(no particles there) or missing='ignore' (drop those picks)")
-    return P, T, names + extra if missing == "empty" else names
+    return pkeys, tkeys, names + extra if missing == "empty" else names
+
+
+def _index(keys: list, codes: np.ndarray, names: list) -> np.ndarray:
+    "The position in `names` of each row's micrograph (-1: not evaluated)."
+    where = {k: i for i, k in enumerate(names)}
+    return np.array([where.get(k, -1) for k in keys], np.intp)[codes] if len(keys) else codes
 
 # %% ../nbs/09_metrics.ipynb #87439254
-def _per_micrograph(picks, truth, diameter_px, frac, rule, min_iou, box_px, micrographs, missing, score_threshold):
-    "One row of counts per micrograph, the centre errors of each, the match radius and the box size."
-    radius = _check_rule(rule, diameter_px, frac)
-    P, T = _split(picks, "picks"), _split(truth, "truth")
+def _prepare(picks, truth, micrographs, missing: str, score_threshold: float | None):
+    "`(pick centres, their micrograph index, true centres, theirs, names)`: only the points evaluated."
+    pxy, score, pkeys, pc = _split(picks, "picks")
+    txy, _, tkeys, tc = _split(truth, "truth")
     if score_threshold is not None:
-        P = {k: (xy[s >= score_threshold], s[s >= score_threshold]) for k, (xy, s) in P.items()}
-    P, T, names = _names(P, T, micrographs, missing)
+        keep = score >= score_threshold
+        pxy, pc = pxy[keep], pc[keep]
+    n_p, n_t = np.bincount(pc, minlength=len(pkeys)), np.bincount(tc, minlength=len(tkeys))
+    pkeys, tkeys, names = _names(pkeys, n_p, tkeys, n_t, micrographs, missing)
+    pm, tm = _index(pkeys, pc, names), _index(tkeys, tc, names)
+    return pxy[pm >= 0], pm[pm >= 0], txy[tm >= 0], tm[tm >= 0], names
+
+
+def _per_micrograph(picks, truth, diameter_px, frac, rule, min_iou, box_px, micrographs, missing, score_threshold):
+    "One row of counts per micrograph, the centre errors of each (in pick order), the match radius and the box size."
+    radius = _check_rule(rule, diameter_px, frac)
     box = diameter_px if box_px is None else box_px
-    rows, errs = [], []
-    empty = (np.zeros((0, 2)), np.zeros(0))
-    for k in names:
-        pxy, txy = P.get(k, empty)[0], T.get(k, empty)[0]
-        correct, found, e = _outcomes(pxy, txy, rule, radius, box, min_iou)
-        n_m, n_c = int(found.sum()), int(correct.sum())
-        errs.append(e)
-        rows.append(dict(micrograph=k, n_picks=len(pxy), n_true=len(txy), n_matched=n_m, n_correct_picks=n_c,
-                         **picking_scores(n_m, len(pxy), len(txy), n_c),
-                         mean_error_px=float(e.mean()) if len(e) else np.nan))
+    pxy, pm, txy, tm, names = _prepare(picks, truth, micrographs, missing, score_threshold)
+    correct, found, err = _outcomes(pxy, pm, txy, tm, rule, radius, box, min_iou)
+    n = len(names)
+    n_p, n_t = np.bincount(pm, minlength=n), np.bincount(tm, minlength=n)
+    n_m, n_c = np.bincount(tm[found], minlength=n), np.bincount(pm[correct], minlength=n)
+    em = pm[correct]
+    order = np.argsort(em, kind="stable")              # errors by micrograph, in pick order within each
+    e, cuts = err[correct][order], np.searchsorted(em[order], np.arange(n + 1))
+    errs = [e[cuts[k]:cuts[k + 1]] for k in range(n)]
+    rows = [dict(micrograph=k, n_picks=int(n_p[i]), n_true=int(n_t[i]), n_matched=int(n_m[i]),
+                 n_correct_picks=int(n_c[i]), **picking_scores(int(n_m[i]), int(n_p[i]), int(n_t[i]), int(n_c[i])),
+                 mean_error_px=float(errs[i].mean()) if len(errs[i]) else np.nan) for i, k in enumerate(names)]
     return rows, errs, radius, box
 
 
@@ -366,6 +431,27 @@ def _summed(rows: list, errs: list) -> dict:
                 n_correct_picks=n_c, mean_error_px=float(e.mean()) if len(e) else np.nan)
 
 # %% ../nbs/09_metrics.ipynb #d34c8988
+def _metrics(rows, errs, radius, box, rule: str, pixel_size_a) -> dict:
+    "The `picking_metrics` dict of per-micrograph rows."
+    out = _summed(rows, errs)
+    err = out["mean_error_px"]
+    return dict(**out, mean_error_a=err * pixel_size_a if pixel_size_a else np.nan, n_micrographs=len(rows),
+                rule=rule, match_radius_px=radius if rule != "box_iou" else np.nan,
+                box_px=box if rule == "box_iou" else np.nan)
+
+
+def _table(rows, errs, pixel_size_a, total: bool) -> pd.DataFrame:
+    "The `picking_table` of per-micrograph rows."
+    cols = ["micrograph", "n_picks", "n_true", "n_matched", "n_correct_picks", "precision", "recall", "f1",
+            "mean_error_px"]
+    df = pd.DataFrame(rows, columns=cols)
+    if total:
+        df.loc[len(df)] = dict(micrograph="all", **_summed(rows, errs))
+    if pixel_size_a:
+        df["mean_error_a"] = df["mean_error_px"] * pixel_size_a
+    return df
+
+
 def picking_metrics(picks, truth, diameter_px: float, frac: float = 0.5, rule: str = "distance",
                     pixel_size_a: float | None = None, min_iou: float = 0.5, box_px: float | None = None,
                     micrographs=None, missing: str = "error", score_threshold: float | None = None) -> dict:
@@ -379,11 +465,7 @@ def picking_metrics(picks, truth, diameter_px: float, frac: float = 0.5, rule: s
     mean_error_px, mean_error_a, n_micrographs, rule, match_radius_px, box_px)`."""
     rows, errs, radius, box = _per_micrograph(picks, truth, diameter_px, frac, rule, min_iou, box_px,
                                               micrographs, missing, score_threshold)
-    out = _summed(rows, errs)
-    err = out["mean_error_px"]
-    return dict(**out, mean_error_a=err * pixel_size_a if pixel_size_a else np.nan, n_micrographs=len(rows),
-                rule=rule, match_radius_px=radius if rule != "box_iou" else np.nan,
-                box_px=box if rule == "box_iou" else np.nan)
+    return _metrics(rows, errs, radius, box, rule, pixel_size_a)
 
 
 def picking_table(picks, truth, diameter_px: float, frac: float = 0.5, rule: str = "distance",
@@ -394,14 +476,17 @@ def picking_table(picks, truth, diameter_px: float, frac: float = 0.5, rule: str
     plus, with `total`, a last row `"all"` with the summed counts."""
     rows, errs, *_ = _per_micrograph(picks, truth, diameter_px, frac, rule, min_iou, box_px,
                                      micrographs, missing, score_threshold)
-    cols = ["micrograph", "n_picks", "n_true", "n_matched", "n_correct_picks", "precision", "recall", "f1",
-            "mean_error_px"]
-    df = pd.DataFrame(rows, columns=cols)
-    if total:
-        df.loc[len(df)] = dict(micrograph="all", **_summed(rows, errs))
-    if pixel_size_a:
-        df["mean_error_a"] = df["mean_error_px"] * pixel_size_a
-    return df
+    return _table(rows, errs, pixel_size_a, total)
+
+
+def picking_report(picks, truth, diameter_px: float, frac: float = 0.5, rule: str = "distance",
+                   pixel_size_a: float | None = None, total: bool = True, min_iou: float = 0.5,
+                   box_px: float | None = None, micrographs=None, missing: str = "error",
+                   score_threshold: float | None = None) -> tuple[dict, pd.DataFrame]:
+    "`(picking_metrics(...), picking_table(...))` from one matching (same arguments): what a report needs."
+    rows, errs, radius, box = _per_micrograph(picks, truth, diameter_px, frac, rule, min_iou, box_px,
+                                              micrographs, missing, score_threshold)
+    return _metrics(rows, errs, radius, box, rule, pixel_size_a), _table(rows, errs, pixel_size_a, total)
 
 # %% ../nbs/09_metrics.ipynb #fd3abec1
 def micrograph_rows(table: pd.DataFrame | None, micrograph: str) -> pd.DataFrame | None:
@@ -412,14 +497,63 @@ def micrograph_rows(table: pd.DataFrame | None, micrograph: str) -> pd.DataFrame
     return table[table["micrograph"].map(micrograph_key) == micrograph_key(micrograph)]
 
 # %% ../nbs/09_metrics.ipynb #19d62ca9
+def _matching_sizes(i: np.ndarray, j: np.ndarray, s: np.ndarray, n_p: int, n_t: int, ts) -> list[int]:
+    """Size of a maximum one-to-one matching of the pairs `(i[k], j[k])` whose pick score `s[k]` is >= t, for
+    each t of `ts`. A connected group with one pick or one truth holds one pair as soon as any of its picks
+    is in; only the other groups go through Hopcroft–Karp (`maximum_bipartite_matching`)."""
+    from scipy.sparse import coo_matrix, csr_matrix
+    from scipy.sparse.csgraph import connected_components, maximum_bipartite_matching
+    if len(i) == 0:
+        return [0] * len(ts)
+    _, lab = connected_components(coo_matrix((np.ones(len(i)), (i, j + n_p)), shape=(n_p + n_t,) * 2), directed=False)
+    n_c = lab.max() + 1
+    node = np.zeros(n_p + n_t, bool); node[i] = True; node[j + n_p] = True
+    picks_of = np.bincount(lab[:n_p][node[:n_p]], minlength=n_c)
+    truths_of = np.bincount(lab[n_p:][node[n_p:]], minlength=n_c)
+    simple = (picks_of == 1) | (truths_of == 1)
+    top = np.full(n_c, -np.inf); np.maximum.at(top, lab[i], s)        # best pick score of each group
+    top = np.sort(top[simple])
+    hard = ~simple[lab[i]]
+    out = []
+    for t in ts:
+        k = hard & (s >= t)
+        g = csr_matrix((np.ones(int(k.sum())), (i[k], j[k])), shape=(n_p, n_t))
+        n_hard = int((maximum_bipartite_matching(g, perm_type="column") >= 0).sum()) if k.any() else 0
+        out.append(len(top) - int(np.searchsorted(top, t, side="left")) + n_hard)
+    return out
+
+
+def _pr_counts(pxy, pm, score, txy, tm, ts, rule: str, radius: float, box: float, min_iou: float):
+    """`(n_picks, n_correct, n_matched)` at each threshold of `ts`, from one set of candidate pairs. One to one,
+    the number of pairs is the size of a maximum matching, what the Hungarian step of `picking_metrics`
+    finds first (its minimum total distance is not needed for counts)."""
+    if rule == "within":
+        i, j, d = _near(pxy, pm, txy, tm, radius + 1e-9)
+        i, j = i[d <= radius], j[d <= radius]
+    else:
+        i, j, _ = _candidates(pxy, pm, txy, tm, rule, radius, box, min_iou)
+    s = np.sort(score)
+    n_picks = [len(s) - int(np.searchsorted(s, t, side="left")) for t in ts]
+    if rule != "within":
+        m = _matching_sizes(i, j, score[i], len(pxy), len(txy), ts)
+        return list(zip(n_picks, m, m))
+    best_p = np.full(len(pxy), -np.inf); best_p[i] = score[i]           # picks near a truth: their own score
+    best_t = np.full(len(txy), -np.inf); np.maximum.at(best_t, j, score[i])   # truths: their best pick's
+    best_p, best_t = np.sort(best_p), np.sort(best_t)
+    return [(n_p, len(best_p) - int(np.searchsorted(best_p, t)), len(best_t) - int(np.searchsorted(best_t, t)))
+            for n_p, t in zip(n_picks, ts)]
+
+# %% ../nbs/09_metrics.ipynb #843a9dc3
 PR_COLUMNS = ["threshold", "n_picks", "n_matched", "n_true", "precision", "recall", "f1"]
 
 
-def pr_curve(picks, truth, diameter_px: float, thresholds=None, n_thresholds: int = 50, **kwargs) -> pd.DataFrame:
+def pr_curve(picks, truth, diameter_px: float, thresholds=None, n_thresholds: int = 50, frac: float = 0.5,
+             rule: str = "distance", pixel_size_a: float | None = None, min_iou: float = 0.5,
+             box_px: float | None = None, micrographs=None, missing: str = "error") -> pd.DataFrame:
     """Precision–recall over the score threshold: a DataFrame (threshold, n_picks, n_matched, n_true,
     precision, recall, f1), thresholds descending. `thresholds`: the values to test (default: up to
     `n_thresholds` quantiles of the pick scores, always including the lowest score). Other arguments
-    as `picking_metrics`."""
+    as `picking_metrics`; each row equals `picking_metrics(..., score_threshold=threshold)`."""
     if not isinstance(picks, pd.DataFrame) or "score" not in picks.columns:
         raise ValueError("pr_curve needs a particles table with a 'score' column")
     s = picks["score"].to_numpy(np.float64)
@@ -428,10 +562,21 @@ def pr_curve(picks, truth, diameter_px: float, thresholds=None, n_thresholds: in
     if thresholds is None:
         u = np.unique(s)
         thresholds = u if len(u) <= n_thresholds else np.unique(np.quantile(s, np.linspace(0, 1, n_thresholds)))
-    rows = []
-    for t in np.sort(np.asarray(thresholds, np.float64))[::-1]:
-        m = picking_metrics(picks, truth, diameter_px, score_threshold=float(t), **kwargs)
-        rows.append(dict(threshold=float(t), **{k: m[k] for k in PR_COLUMNS[1:]}))
+    ts = [float(t) for t in np.sort(np.asarray(thresholds, np.float64))[::-1]]
+    radius = _check_rule(rule, diameter_px, frac)
+    box = diameter_px if box_px is None else box_px
+    pxy, score, pkeys, pc = _split(picks, "picks")
+    txy, _, tkeys, tc = _split(truth, "truth")
+    n_t = np.bincount(tc, minlength=len(tkeys))
+    for t in ts:                                       # names checked at each threshold, as picking_metrics would
+        _names(pkeys, np.bincount(pc[score >= t], minlength=len(pkeys)), tkeys, n_t, micrographs, missing)
+    pkeys, tkeys, names = _names(pkeys, np.bincount(pc, minlength=len(pkeys)), tkeys, n_t, micrographs, missing)
+    pm, tm = _index(pkeys, pc, names), _index(tkeys, tc, names)
+    counts = _pr_counts(pxy[pm >= 0], pm[pm >= 0], score[pm >= 0], txy[tm >= 0], tm[tm >= 0], ts, rule, radius,
+                        box, min_iou)
+    n_true = int((tm >= 0).sum())
+    rows = [dict(threshold=t, n_picks=n_p, n_matched=n_m, n_true=n_true, **picking_scores(n_m, n_p, n_true, n_c))
+            for t, (n_p, n_c, n_m) in zip(ts, counts)]
     return pd.DataFrame(rows, columns=PR_COLUMNS)
 
 # %% ../nbs/09_metrics.ipynb #ed181fe7

@@ -6,16 +6,19 @@
 from __future__ import annotations
 
 import contextlib
+import math
+from itertools import chain
 
 import numpy as np
 import torch
 import torch.nn as nn
 
 from .core import get_device, to_numpy
+from .models import TorchvisionSeg, UNet
 from .preprocess import normalize
 
 # %% auto #0
-__all__ = ['predict_tiled']
+__all__ = ['min_tile_size', 'predict_tiled']
 
 # %% ../nbs/06a_predict.ipynb #f7bbb8f8
 def _starts(n: int, tile: int, step: int) -> list[int]:
@@ -23,6 +26,42 @@ def _starts(n: int, tile: int, step: int) -> list[int]:
     if n <= tile: return [0]
     s = list(range(0, n - tile, step))
     return s + [n - tile]
+
+# %% ../nbs/06a_predict.ipynb #f7eca984
+_POINTWISE = (nn.ReLU, nn.LeakyReLU, nn.Tanh, nn.Sigmoid, nn.GELU, nn.SiLU, nn.ELU, nn.Softmax, nn.BatchNorm2d,
+              nn.Identity, nn.Dropout, nn.Dropout2d)
+_TV_STRIDE = {"fcn_resnet50": 8, "fcn_resnet101": 8, "deeplabv3_resnet50": 8, "deeplabv3_resnet101": 8,
+              "deeplabv3_mobilenet_v3_large": 16, "lraspp_mobilenet_v3_large": 16}
+
+
+def _chain_field(net: nn.Module) -> int | None:
+    "Receptive field (px) of a Conv2d, or of a Sequential chain of convolutions, pools and pointwise layers; else None."
+    if any(list(m.children()) and not isinstance(m, nn.Sequential) for m in net.modules()):
+        return None
+    rf, jump = 1, 1
+    for m in (m for m in net.modules() if not list(m.children())):
+        if isinstance(m, (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)):
+            k, s = (v if isinstance(v, int) else v[0] for v in (m.kernel_size, m.stride))
+            d = getattr(m, "dilation", 1)
+            d = d if isinstance(d, int) else d[0]
+            rf, jump = rf + (k - 1) * d * jump, jump * s
+        elif not isinstance(m, _POINTWISE):
+            return None
+    return rf
+
+
+def min_tile_size(model: nn.Module) -> int:
+    "The smallest tile side (px) `predict_tiled` accepts for `model` (its receptive field; see above)."
+    net = getattr(model, "module", model)               # unwrap DistributedDataParallel
+    own = getattr(net, "min_tile_size", None)
+    if isinstance(own, int) and not isinstance(own, bool):
+        return own
+    if isinstance(net, UNet):
+        m = 2 ** net.depth
+        return math.ceil((2 ** (net.depth + 4) - 11) / m) * m
+    if isinstance(net, TorchvisionSeg) and net.name in _TV_STRIDE:
+        return 8 * _TV_STRIDE[net.name]
+    return _chain_field(net) or 1
 
 # %% ../nbs/06a_predict.ipynb #bb95844a
 def _ramp(n: int, overlap: int, taper_lo: bool, taper_hi: bool) -> np.ndarray:
@@ -80,6 +119,24 @@ def _inference_mode(model: nn.Module, device: torch.device):
             net.to(memory_format=torch.contiguous_format)
 
 # %% ../nbs/06a_predict.ipynb #400b3208
+def _check_weights(net: nn.Module) -> None:
+    "Refuse a network whose parameters or buffers hold NaN or infinite values (a run that diverged)."
+    ts = [(n, t) for n, t in chain(net.named_parameters(), net.named_buffers()) if t.is_floating_point()]
+    ok = torch.stack([torch.isfinite(t).all() for _, t in ts]) if ts else torch.ones(0, dtype=torch.bool)
+    if not bool(ok.all()):                               # one device sync for all tensors
+        bad = [n for (n, _), good in zip(ts, ok.tolist()) if not good]
+        raise ValueError(f"model weights hold NaN or infinite values ({len(bad)} tensor(s), e.g. {bad[0]}): "
+                         "every prediction would be NaN; the training run diverged or the checkpoint is damaged")
+
+
+def _axis_weight(n: int, tile: int, starts: list[int], overlap: int) -> np.ndarray:
+    "The summed 1D blending weight along an axis of length `n` (tiles of `tile` at `starts`)."
+    s = np.zeros(n, np.float32)
+    for a in starts:
+        s[a:a + tile] += _ramp(tile, overlap, a > 0, a + tile < n)
+    return s
+
+
 def _check_logits(logits: torch.Tensor, x: torch.Tensor, th: int, tw: int) -> None:
     "Refuse a network that does not return 2-class logits `(b, 2, h, w)` at its input size."
     if logits.shape[-2:] != (th, tw) or logits.ndim != 4 or logits.shape[1] < 2:
@@ -109,17 +166,25 @@ def predict_tiled(model: nn.Module,
     if int(tile_size) < 1 or int(overlap) < 0 or batch_size < 1:
         raise ValueError(f"need tile_size >= 1, overlap >= 0 and batch_size >= 1, "
                          f"got tile_size={tile_size}, overlap={overlap}, batch_size={batch_size}")
-    src = _source(a, dev, normalize_input)
     H, W = a.shape
+    need = min_tile_size(model)
+    if int(tile_size) < need and int(tile_size) < max(H, W):
+        raise ValueError(f"tile_size={tile_size} is below this network's minimum tile, {need} px (its receptive "
+                         f"field, cryoseg.predict.min_tile_size): smaller tiles make the map depend on where they "
+                         f"are cut; use tile_size >= {need}")
+    if not normalize_input and not np.isfinite(a).all():
+        raise ValueError(f"micrograph contains {int((~np.isfinite(a)).sum())} non-finite pixels (NaN/inf)")
+    src = _source(a, dev, normalize_input)
     th, tw = min(int(tile_size), H), min(int(tile_size), W)
     ov = min(int(overlap), th // 2, tw // 2)           # at most half a tile
-    tiles = [(y, x) for y in _starts(H, th, max(th - ov, 1)) for x in _starts(W, tw, max(tw - ov, 1))]
+    ys, xs = _starts(H, th, max(th - ov, 1)), _starts(W, tw, max(tw - ov, 1))
+    tiles = [(y, x) for y in ys for x in xs]
     weight = _TileWeights(H, W, th, tw, ov, dev)
     use_amp = amp and dev.type == "cuda"
     amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
     with _inference_mode(model, dev) as net, torch.inference_mode():
+        _check_weights(net)
         acc = torch.zeros((H, W), dtype=torch.float32, device=dev)
-        wsum = torch.zeros((H, W), dtype=torch.float32, device=dev)
         for b0 in tqdm(range(0, len(tiles), batch_size), desc="tiles", disable=not progress, unit="batch"):
             chunk = tiles[b0:b0 + batch_size]
             x = torch.stack([src[y:y + th, x:x + tw] for y, x in chunk])[:, None]
@@ -127,7 +192,8 @@ def predict_tiled(model: nn.Module,
                 logits = net(x)
             _check_logits(logits, x, th, tw)
             for (y, x0), p in zip(chunk, logits.float().softmax(1)[:, 1]):
-                w = weight(y, x0)
-                acc[y:y + th, x0:x0 + tw] += w * p
-                wsum[y:y + th, x0:x0 + tw] += w
-        return to_numpy(acc / wsum.clamp_min(1e-12))
+                acc[y:y + th, x0:x0 + tw].addcmul_(weight(y, x0), p)
+        del src, x, logits
+        for w, shape in ((_axis_weight(H, th, ys, ov), (H, 1)), (_axis_weight(W, tw, xs, ov), (1, W))):
+            acc.div_(torch.from_numpy(w).to(dev).clamp_min(1e-12).view(shape))   # the summed weight, in place
+        return to_numpy(acc)

@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
+import shutil
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -238,10 +240,25 @@ def evaluate(model: nn.Module, loader, device: str | torch.device | None = None,
 CKPT_FORMAT = 1
 
 
+def _atomic_write(path: Path, write: Callable[[Path], None], what: str) -> None:
+    "`write(tmp)` then rename to `path` (`atomic_path`); a failure is one `OSError` naming `path` and the free space."
+    try:
+        with atomic_path(path, overwrite=True) as tmp:
+            write(tmp)
+    except (OSError, RuntimeError) as e:          # torch.save reports a full disk as a RuntimeError without a path
+        why = e.strerror if isinstance(e, OSError) and e.strerror else "the write failed"
+        why = why.removeprefix(f"{path}: ")      # `atomic_path` may have named the file already
+        try:
+            free = f", {shutil.disk_usage(path.parent).free / 2**20:.0f} MiB free there"
+        except OSError:
+            free = ""
+        raise OSError(f"{path}: could not save the {what} ({why}{free}); "
+                      f"an earlier {path.name} is left as it was") from None
+
+
 def _save(obj: dict, path: Path) -> None:
     "torch.save to `path` atomically, replacing an earlier file."
-    with atomic_path(path, overwrite=True) as tmp:
-        torch.save(obj, tmp)
+    _atomic_write(path, lambda tmp: torch.save(obj, tmp), "checkpoint")
 
 
 def _make_checkpoint(model, optimizer, scheduler, scaler, epoch: int, cfg: TrainConfig, metrics: dict,
@@ -256,6 +273,18 @@ def _make_checkpoint(model, optimizer, scheduler, scaler, epoch: int, cfg: Train
                 epoch=int(epoch), cfg=asdict(cfg), metrics=dict(metrics), torch_rng=torch.get_rng_state(), **state)
 
 
+def _unreadable(path: Path, e: BaseException) -> str:
+    "Why `torch.load(path, weights_only=True)` failed, in words: never an advice to unpickle the file."
+    msg = " ".join(str(e).split())
+    g = re.search(r"GLOBAL ([\w.]+)", msg)
+    if g or "Weights only load failed" in msg:
+        return (f"it holds pickled Python objects{f' ({g.group(1)})' if g else ''}, not only tensors and numbers; "
+                "cryoseg reads checkpoints written by cryoseg.train.fit and never runs code from a file")
+    if path.is_file() and path.stat().st_size == 0:
+        return "the file is empty"
+    return f"the file is truncated or corrupt ({type(e).__name__}: {msg.split('. ')[0][:120] or 'unexpected end'})"
+
+
 def _read_checkpoint(path: str | Path, map_location="cpu") -> dict:
     "The checkpoint dict in `path`; `FileNotFoundError` / `ValueError` naming the file otherwise."
     path = Path(path)
@@ -264,7 +293,7 @@ def _read_checkpoint(path: str | Path, map_location="cpu") -> dict:
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:
-        raise ValueError(f"{path}: not a cryoseg checkpoint (torch.load failed: {str(e).splitlines()[0][:200]})") from None
+        raise ValueError(f"{path}: not a cryoseg checkpoint: {_unreadable(path, e)}") from None
     if not isinstance(ckpt, dict) or "cryoseg_checkpoint" not in ckpt or "model" not in ckpt:
         what = f"dict with keys {sorted(ckpt)[:6]}" if isinstance(ckpt, dict) else type(ckpt).__name__
         raise ValueError(f"{path}: not a cryoseg checkpoint (found a {what}; expected one written by cryoseg.train.fit)")
@@ -295,8 +324,17 @@ def load_checkpoint(path: str | Path, device: str | torch.device | None = None,
     return model, ckpt
 
 
+def _check_finite(state: dict, path: Path) -> None:
+    "Refuse weights holding NaN or infinite values (a run that diverged, a damaged file), naming `path`."
+    bad = [k for k, v in state.items() if torch.is_tensor(v) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise ValueError(f"{path}: the weights hold NaN or infinite values ({len(bad)} tensor(s), e.g. {bad[0]}): "
+                         "the run that wrote it diverged or the file is damaged; not using it")
+
+
 def _load_weights(model: nn.Module, ckpt: dict, path: Path, what: str) -> None:
-    "Load `ckpt['model']` into `model`; a `ValueError` naming `path` when the weights do not fit."
+    "Load `ckpt['model']` into `model`; a `ValueError` naming `path` when the weights do not fit or are not finite."
+    _check_finite(ckpt["model"], path)
     try:
         _unwrap(model).load_state_dict(ckpt["model"])
     except RuntimeError as e:
@@ -353,7 +391,14 @@ def _check_out_dir(cfg: TrainConfig) -> Path | None:
     out = Path(cfg.out_dir) if cfg.out_dir else None
     if cfg.resume and out is None:
         raise ValueError("resume=True needs out_dir (where last.pt is)")
-    if out is not None and not cfg.resume and not cfg.overwrite and ((out / "last.pt").exists() or (out / "best.pt").exists()):
+    if out is None or cfg.overwrite:
+        return out
+    earlier = (out / "last.pt").exists() or (out / "best.pt").exists()
+    if cfg.resume and earlier and not (out / "last.pt").exists():
+        raise FileNotFoundError(f"{out / 'last.pt'}: not found, so the run in {out} cannot be resumed, and starting "
+                                f"afresh would overwrite its best.pt; pass overwrite=True (--force) to start afresh "
+                                f"anyway, or train into another folder")
+    if earlier and not cfg.resume:
         raise FileExistsError(f"{out}: holds checkpoints of an earlier run; pass resume=True to continue it "
                               f"or overwrite=True to start afresh")
     return out
@@ -361,10 +406,8 @@ def _check_out_dir(cfg: TrainConfig) -> Path | None:
 
 def _write_history(history: list[dict], out: Path) -> None:
     "`out/history.csv` and `out/history.json`, one row per epoch, each written atomically."
-    with atomic_path(out / "history.csv", overwrite=True) as tmp:
-        pd.DataFrame(history).to_csv(tmp, index=False)
-    with atomic_path(out / "history.json", overwrite=True) as tmp:
-        tmp.write_text(json.dumps(history, indent=1))
+    _atomic_write(out / "history.csv", lambda tmp: pd.DataFrame(history).to_csv(tmp, index=False), "history")
+    _atomic_write(out / "history.json", lambda tmp: tmp.write_text(json.dumps(history, indent=1)), "history")
 
 
 def _setup_distributed(cfg: TrainConfig) -> tuple[bool, int, int, torch.device]:
@@ -439,9 +482,20 @@ def _setup_run(cfg: TrainConfig, train_ds, val_ds, out: Path | None, rank: int, 
 _RESUME_KEYS = ("model", "model_kwargs", "init_checkpoint", "epochs", "batch_size", "schedule", "lr", "seed")
 
 
+def _read_last(path: Path, device: torch.device) -> dict:
+    "The checkpoint `last.pt` to resume from; a `ValueError` that says how to go on when it cannot be used."
+    try:
+        ck = _read_checkpoint(path, map_location=device)
+        _check_finite(ck["model"], path)
+    except ValueError as e:
+        raise ValueError(f"{e}; cannot resume from it: restore it (a copy of best.pt as last.pt continues from "
+                         f"the best epoch) or start afresh with overwrite=True (--force)") from None
+    return ck
+
+
 def _resume_run(run: _Run) -> None:
     "Load `run.out/last.pt` (and the best weights of `best.pt`) into `run`."
-    ck = _read_checkpoint(run.out / "last.pt", map_location=run.device)
+    ck = _read_last(run.out / "last.pt", run.device)
     old, cfg = ck["cfg"], run.cfg
     for k in _RESUME_KEYS:
         if old.get(k) != getattr(cfg, k):

@@ -320,3 +320,243 @@ def test_fit_init_checkpoint(tmp_path, data):
     torch.save({"state": 1}, tmp_path / "other.pt")
     with pytest.raises(ValueError, match="other.pt: not a cryoseg checkpoint"):
         fit(_cfg(None, out_dir=None, epochs=1, init_checkpoint=tmp_path / "other.pt"), tr)
+
+
+# ---------------------------------------------------------------- never lose a run (issue 15)
+class _Kill(Exception):
+    pass
+
+
+def _killed_run(out, data, epochs=2):
+    "A run of `epochs` killed after its first epoch: best.pt, last.pt (epoch 0) and the history are on disk."
+    imgs, masks = data
+
+    def cb(row):
+        raise _Kill
+    with pytest.raises(_Kill):
+        fit(_cfg(out, epochs=epochs), (imgs[:2], masks[:2]), (imgs[3:], masks[3:]), callback=cb)
+
+
+def test_resume_without_last_pt_refuses(tmp_path, data):
+    "resume=True with last.pt gone never starts afresh over an earlier run's best.pt (unless overwrite=True)."
+    imgs, masks = data
+    tr, va = (imgs[:2], masks[:2]), (imgs[3:], masks[3:])
+    _killed_run(tmp_path / "run", data)
+    (tmp_path / "run" / "last.pt").unlink()
+    before = (tmp_path / "run" / "best.pt").read_bytes()
+    with pytest.raises(FileNotFoundError, match=r"last.pt.*cannot be resumed.*best.pt"):
+        fit(_cfg(tmp_path / "run", epochs=2, resume=True), tr, va)
+    assert (tmp_path / "run" / "best.pt").read_bytes() == before          # nothing overwritten
+    res = fit(_cfg(tmp_path / "run", epochs=2, resume=True, overwrite=True), tr, va)   # asked for: afresh
+    assert [r["epoch"] for r in res["history"]] == [0, 1]
+    # a folder with no run at all: resume=True starts one (a requeued job may always pass --resume)
+    res = fit(_cfg(tmp_path / "new", epochs=1, resume=True), tr, va)
+    assert (tmp_path / "new" / "last.pt").exists() and len(res["history"]) == 1
+
+
+@pytest.mark.parametrize("keep", [0, 10, 100, 0.5, -10])
+def test_truncated_checkpoint_is_a_clear_error(tmp_path, data, keep):
+    "A truncated last.pt (a crash or a full disk while copying) is a ValueError naming it, never IndexError."
+    imgs, masks = data
+    _killed_run(tmp_path, data)
+    last = tmp_path / "last.pt"
+    b = last.read_bytes()
+    n = int(len(b) * keep) if isinstance(keep, float) else keep if keep >= 0 else len(b) + keep
+    last.write_bytes(b[:n])
+    with pytest.raises(ValueError, match=r"last.pt: .*(empty|truncated or corrupt)") as e:
+        load_checkpoint(last)
+    assert "IndexError" not in str(e.value)
+    with pytest.raises(ValueError, match=r"last.pt: .*cannot resume") as e:
+        fit(_cfg(tmp_path, epochs=2, resume=True), (imgs[:2], masks[:2]))
+    assert "best.pt" in str(e.value)                                     # says how to continue
+
+
+class _Pickled:
+    pass
+
+
+def test_refused_checkpoint_never_suggests_unsafe_loading(tmp_path):
+    "A checkpoint holding pickled Python objects is refused, naming the file, without advice to unpickle it."
+    torch.save(dict(cryoseg_checkpoint=1, model={}, extra=_Pickled()), tmp_path / "evil.pt")
+    with pytest.raises(ValueError, match="evil.pt") as e:
+        load_checkpoint(tmp_path / "evil.pt")
+    msg = str(e.value)
+    assert "weights_only" not in msg and "trust" not in msg and "_Pickled" in msg, msg
+
+
+def test_nan_weights_refused(tmp_path, data):
+    "A checkpoint whose weights hold NaN/Inf is refused by load_checkpoint (naming the file) and by predict_tiled."
+    imgs, masks = data
+    fit(_cfg(tmp_path / "run", epochs=1), (imgs[:2], masks[:2]))
+    ck = torch.load(tmp_path / "run" / "best.pt", weights_only=True)
+    ck["model"]["head.bias"][1] = float("nan")
+    torch.save(ck, tmp_path / "nan.pt")
+    with pytest.raises(ValueError, match=r"nan.pt: .*NaN or infinite.*head.bias"):
+        load_checkpoint(tmp_path / "nan.pt")
+    with pytest.raises(ValueError, match=r"nan.pt: .*NaN or infinite"):
+        fit(_cfg(None, out_dir=None, epochs=1, init_checkpoint=tmp_path / "nan.pt"), (imgs[:2], masks[:2]))
+    net = UNet(depth=2, width=4)
+    with torch.no_grad():
+        net.down[0][0].weight[0, 0, 0, 0] = float("inf")
+    with pytest.raises(ValueError, match=r"NaN or infinite.*down.0.0.weight"):
+        predict_tiled(net, imgs[0], device="cpu")
+
+
+def test_checkpoints_saved_through_atomic_path(tmp_path, data, monkeypatch):
+    "torch.save writes a temporary file next to the checkpoint, never the checkpoint itself."
+    imgs, masks = data
+    written = []
+    real = torch.save
+    monkeypatch.setattr(torch, "save", lambda obj, f, *a, **k: (written.append(Path(f)), real(obj, f, *a, **k))[1])
+    fit(_cfg(tmp_path, epochs=1), (imgs[:2], masks[:2]))
+    assert len(written) == 2 and all(p.parent == tmp_path and p.name not in ("best.pt", "last.pt") for p in written)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt", "history.csv", "history.json", "last.pt"]
+
+
+def test_checkpoint_save_on_full_disk(tmp_path, data):
+    "A full disk while saving: one error naming the checkpoint, no temporary file left, the old checkpoints intact."
+    imgs, masks = data
+    _killed_run(tmp_path / "run", data)
+    np.savez(tmp_path / "data.npz", *imgs, *masks)
+    size = (tmp_path / "run" / "last.pt").stat().st_size
+    code = textwrap.dedent(f"""
+        import resource, signal, numpy as np, torch
+        torch.set_num_threads(1)
+        from cryoseg.train import TrainConfig, fit
+        z = np.load({str(tmp_path / 'data.npz')!r}); a = [z[f"arr_{{i}}"] for i in range(8)]
+        cfg = TrainConfig(model_kwargs=dict(depth=2, width=4), epochs=2, crop_size=32, samples_per_epoch=16,
+                          batch_size=4, progress=False, device="cpu", out_dir={str(tmp_path / 'run')!r}, resume=True)
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)          # a file may not grow past half a checkpoint
+        resource.setrlimit(resource.RLIMIT_FSIZE, ({size // 2}, resource.RLIM_INFINITY))
+        try:
+            fit(cfg, (a[:2], a[4:6]), (a[3:4], a[7:8]))
+        except OSError as e:
+            print("ERROR", type(e).__name__, e)
+    """)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-2000:]
+    line = r.stdout.strip().splitlines()[-1]
+    assert line.startswith("ERROR OSError") and str(tmp_path / "run") in line and ".pt" in line, line
+    assert "could not save" in line and "enforce fail" not in line, line
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["best.pt", "history.csv", "history.json", "last.pt"]
+    assert load_checkpoint(tmp_path / "run" / "last.pt")[1]["epoch"] == 0     # the previous checkpoint is intact
+
+
+# ---------------------------------------------------------------- tiles and memory (issue 15)
+def _receptive_field(net, size):
+    "Measured receptive field (px) of `net` along y: the extent of input pixels with a gradient, over output positions."
+    net = net.eval()
+    for m in list(net.modules()):
+        for name, c in list(m.named_children()):
+            if isinstance(c, torch.nn.ReLU):
+                setattr(m, name, torch.nn.LeakyReLU(0.1))              # no dead units hiding a path
+    x = torch.randn(1, 1, size, size, requires_grad=True)
+    y = net(x)
+    lo = hi = 0
+    for off in range(0, 2 ** getattr(net, "depth", 0) + 1):
+        c = size // 2 + off
+        g = torch.autograd.grad(y[0, :, c, c].sum(), x, retain_graph=True)[0][0, 0]
+        rows = torch.nonzero(g.abs().sum(1) > 0).flatten()
+        lo, hi = min(lo, int(rows.min()) - c), max(hi, int(rows.max()) - c)
+    return hi - lo + 1
+
+
+@pytest.mark.parametrize("depth", [1, 2, 3])
+def test_min_tile_size_covers_the_receptive_field(depth):
+    from cryoseg.predict import min_tile_size
+    torch.manual_seed(0)
+    net = UNet(depth=depth, width=4)
+    need, rf = min_tile_size(net), _receptive_field(UNet(depth=depth, width=4), 2 ** (depth + 6))
+    assert need % 2 ** depth == 0 and rf <= need < rf + 2 ** depth, (need, rf)
+
+
+def test_min_tile_size_other_networks():
+    from cryoseg.predict import min_tile_size
+    conv = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 5, padding=2), torch.nn.ReLU(), torch.nn.Conv2d(4, 2, 7, padding=3))
+    assert min_tile_size(conv) == 1 + 4 + 6
+    assert min_tile_size(UNet(depth=3)) == 120
+    net = get_model("lraspp_mobilenet_v3_large")
+    assert min_tile_size(net) == 128
+    with torch.no_grad():                                               # its deepest features: stride 16
+        assert net.eval().net.backbone(torch.zeros(1, 1, 128, 128))["high"].shape[-1] == 8
+
+
+def test_tile_smaller_than_the_network_refused():
+    img, _ = toy((256, 256))
+    net = UNet(depth=3, width=4)
+    for tile in (8, 64, 119):
+        with pytest.raises(ValueError, match=r"tile_size=%d .*minimum.* 120 px" % tile):
+            predict_tiled(net, img, tile_size=tile, device="cpu")
+    assert predict_tiled(net, img, tile_size=120, overlap=32, device="cpu").shape == img.shape
+    small, _ = toy((64, 80))
+    assert predict_tiled(net, small, tile_size=100, device="cpu").shape == small.shape  # one tile: nothing cut
+
+
+def test_predict_tiled_peak_memory_bounded():
+    "Blending adds one float32 map: peak RSS growth while predicting a 4096² micrograph < 3 × its float32 size."
+    if not Path("/proc/self/clear_refs").exists():
+        pytest.skip("needs Linux /proc to reset the peak RSS")
+    code = textwrap.dedent("""
+        import numpy as np, torch
+        torch.set_num_threads(1)
+        from cryoseg.predict import predict_tiled
+        def status(k):
+            return next(int(l.split()[1]) / 1024 for l in open("/proc/self/status") if l.startswith(k))
+        net = torch.nn.Conv2d(1, 2, 3, padding=1)
+        img = np.random.default_rng(0).standard_normal((4096, 4096), dtype=np.float32)
+        predict_tiled(net, img[:600, :600], tile_size=512, overlap=64, device="cpu")   # warm-up
+        open("/proc/self/clear_refs", "w").write("5")                                  # reset the peak
+        base = status("VmRSS")
+        p = predict_tiled(net, img, tile_size=512, overlap=64, device="cpu")
+        print(status("VmHWM") - base)
+    """)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-2000:]
+    added_mb = float(r.stdout.strip().splitlines()[-1])
+    assert added_mb < 3 * 64, added_mb
+
+
+# ---------------------------------------------------------------- the train command (issue 15)
+def _cli(capsys, *argv):
+    from cryoseg.cli.main import main
+    try:
+        rc = main([str(a) for a in argv])
+    except SystemExit as e:
+        rc = e.code
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def _dataset(root, data, n=3):
+    from cryoseg.io import write_mask, write_micrograph
+    imgs, masks = data
+    for i in range(n):
+        write_micrograph(root / "micrographs" / f"mic_{i:04d}.mrc", imgs[i])
+        write_mask(root / "masks" / f"mic_{i:04d}.mrc", masks[i])
+    return root
+
+
+def test_cli_train_never_loses_a_run(capsys, tmp_path, data):
+    "--resume without last.pt, a fresh run over best.pt, a second writer: one-line refusals, best.pt untouched."
+    from cryoseg.cli.common import output_lock
+    lab = _dataset(tmp_path / "lab", data)
+    tiny = ["--epochs", "1", "--batch-size", "4", "--set", "crop_size=32", "--set", "samples_per_epoch=8",
+            "--set", 'model_kwargs={"depth": 2, "width": 4}', "--device", "cpu", "--quiet"]
+    rc, _, err = _cli(capsys, "train", "--data", lab, "--out", tmp_path / "m", *tiny)
+    assert rc == 0, err
+    best = (tmp_path / "m" / "best.pt").read_bytes()
+    rc, _, err = _cli(capsys, "train", "--data", lab, "--out", tmp_path / "m", *tiny)     # fresh run: refused
+    assert rc == 2 and "best.pt exists" in err and "--force" in err and len(err.strip().splitlines()) == 1, err
+    (tmp_path / "m" / "last.pt").unlink()
+    rc, _, err = _cli(capsys, "train", "--data", lab, "--out", tmp_path / "m", "--resume", *tiny)
+    assert rc == 2 and "last.pt: not found" in err and "--force" in err and len(err.strip().splitlines()) == 1, err
+    with output_lock(tmp_path / "m", "train"):                                        # another run writes there
+        rc, _, err = _cli(capsys, "train", "--data", lab, "--out", tmp_path / "m", "--force", *tiny)
+    assert rc == 2 and "another cryoseg run" in err, err
+    assert (tmp_path / "m" / "best.pt").read_bytes() == best
+    rc, _, err = _cli(capsys, "train", "--data", lab, "--out", lab, "--force", *tiny)   # out = input
+    assert rc == 2 and "is the input" in err, err
+    rc, _, err = _cli(capsys, "train", "--data", lab, "--out", tmp_path / "m", "--resume", "--force", *tiny)
+    assert rc == 0, err                                                               # asked for: afresh

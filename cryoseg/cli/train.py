@@ -5,12 +5,13 @@
 # %% ../../nbs/11c_cli_train.ipynb #5dea9c4d
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from pathlib import Path
 
-from .common import (add_command, build_config, call, check_outputs, config_args, config_name,
-                                path_args, setup_device, write_config)
+from .common import (add_command, build_config, call, check_out_not_input, check_outputs, config_args,
+                                config_name, output_lock, path_args, setup_device, write_config)
 
 # %% auto #0
 __all__ = ['rank', 'history_figure', 'save_history_figure', 'run_train', 'add_parser', 'run']
@@ -56,18 +57,20 @@ def run_train(data, out, val=None, model: str = "unet", epochs: int | None = Non
     cfg = build_config(TrainConfig, config, sets, section="train", model=model, epochs=epochs, batch_size=batch_size,
                        lr=lr, seed=seed, device=device, out_dir=str(out), overwrite=force, progress=progress,
                        init_checkpoint=None if init is None else str(init), resume=resume or None)
-    check_outputs([out / "best.pt", out / "last.pt", out / config_name("train")], force or cfg.resume)
-    setup_device(None, threads)
-    tr = load_folder(data)
-    va = load_folder(val) if val is not None else None
-    t0 = time.perf_counter()
-    res = fit(cfg, (tr.images, tr.masks), None if va is None else (va.images, va.masks))
-    if rank() == 0:
-        write_config(out, "train", dict(data=data, val=val, out=out, train=cfg, n_train=len(tr.names),
-                                        n_val=0 if va is None else len(va.names), best_epoch=res["best_epoch"],
-                                        best_metrics=res["best_metrics"], stopped_early=res["stopped_early"],
-                                        seconds=time.perf_counter() - t0), force=True, argv=argv)
-        save_history_figure(out)
+    check_out_not_input(out, data, val, init)
+    with output_lock(out, "train", argv=argv) if rank() == 0 else contextlib.nullcontext():  # rank 0 writes
+        check_outputs([out / "best.pt", out / "last.pt", out / config_name("train")], force or cfg.resume)
+        setup_device(None, threads)
+        tr = load_folder(data)
+        va = load_folder(val) if val is not None else None
+        t0 = time.perf_counter()
+        res = fit(cfg, (tr.images, tr.masks), None if va is None else (va.images, va.masks))
+        if rank() == 0:
+            write_config(out, "train", dict(data=data, val=val, out=out, train=cfg, n_train=len(tr.names),
+                                            n_val=0 if va is None else len(va.names), best_epoch=res["best_epoch"],
+                                            best_metrics=res["best_metrics"], stopped_early=res["stopped_early"],
+                                            seconds=time.perf_counter() - t0), force=True, argv=argv)
+            save_history_figure(out)
     return out / "best.pt"
 
 # %% ../../nbs/11c_cli_train.ipynb #0138686e
