@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 import shutil
 import time
 from dataclasses import asdict, dataclass, field, fields
@@ -26,7 +25,7 @@ from .core import get_device, set_seed
 from .data import IGNORE_INDEX, SegDataset
 from .io import atomic_path
 from .metrics import confusion_counts, pixel_scores
-from .models import MODEL_NAMES, get_model
+from .models import MODEL_NAMES, get_model, unreadable_reason
 
 # %% auto #0
 __all__ = ['SCHEDULES', 'CKPT_FORMAT', 'seg_loss', 'TrainConfig', 'train_one_epoch', 'evaluate', 'load_checkpoint', 'fit']
@@ -273,18 +272,6 @@ def _make_checkpoint(model, optimizer, scheduler, scaler, epoch: int, cfg: Train
                 epoch=int(epoch), cfg=asdict(cfg), metrics=dict(metrics), torch_rng=torch.get_rng_state(), **state)
 
 
-def _unreadable(path: Path, e: BaseException) -> str:
-    "Why `torch.load(path, weights_only=True)` failed, in words: never an advice to unpickle the file."
-    msg = " ".join(str(e).split())
-    g = re.search(r"GLOBAL ([\w.]+)", msg)
-    if g or "Weights only load failed" in msg:
-        return (f"it holds pickled Python objects{f' ({g.group(1)})' if g else ''}, not only tensors and numbers; "
-                "cryoseg reads checkpoints written by cryoseg.train.fit and never runs code from a file")
-    if path.is_file() and path.stat().st_size == 0:
-        return "the file is empty"
-    return f"the file is truncated or corrupt ({type(e).__name__}: {msg.split('. ')[0][:120] or 'unexpected end'})"
-
-
 def _read_checkpoint(path: str | Path, map_location="cpu") -> dict:
     "The checkpoint dict in `path`; `FileNotFoundError` / `ValueError` naming the file otherwise."
     path = Path(path)
@@ -293,7 +280,7 @@ def _read_checkpoint(path: str | Path, map_location="cpu") -> dict:
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:
-        raise ValueError(f"{path}: not a cryoseg checkpoint: {_unreadable(path, e)}") from None
+        raise ValueError(f"{path}: not a cryoseg checkpoint: {unreadable_reason(path, e)}") from None
     if not isinstance(ckpt, dict) or "cryoseg_checkpoint" not in ckpt or "model" not in ckpt:
         what = f"dict with keys {sorted(ckpt)[:6]}" if isinstance(ckpt, dict) else type(ckpt).__name__
         raise ValueError(f"{path}: not a cryoseg checkpoint (found a {what}; expected one written by cryoseg.train.fit)")
