@@ -26,7 +26,7 @@ def read_picks(path, run: FolderRun | None = None):
     files = coordinate_files(path)
     if "" in files:
         df = read(files[""])
-        return (None, []) if df is None else (df, sorted(df["micrograph"].map(stem).unique()))
+        return (None, []) if df is None else (df, sorted({stem(m) for m in df["micrograph"].unique()}))
     tables = []
     for k, p in files.items():
         df = read(p)
@@ -37,10 +37,9 @@ def read_picks(path, run: FolderRun | None = None):
 
 # %% ../../nbs/11f_cli_evaluate.ipynb #58cb5c63
 def evaluate_picks(picks, truth, diameter_px: float, frac: float = 0.5, micrographs=None):
-    "Summed picking metrics (`cryoseg.metrics.picking_metrics`) and the per-micrograph table."
-    from cryoseg.metrics import picking_metrics, picking_table
-    kw = dict(diameter_px=diameter_px, frac=frac, micrographs=micrographs)
-    return picking_metrics(picks, truth, **kw), picking_table(picks, truth, **kw)
+    "Summed picking metrics and the per-micrograph table, from one matching (`cryoseg.metrics.picking_report`)."
+    from cryoseg.metrics import picking_report
+    return picking_report(picks, truth, diameter_px=diameter_px, frac=frac, micrographs=micrographs)
 
 
 def _pair(prob_path, mask_path, threshold: float):
