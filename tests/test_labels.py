@@ -1,5 +1,6 @@
-"""Tests for cryoseg.labels, cryoseg.preprocess (downsampling) and cryoseg.datasets (CryoPPP layout and download,
-local server only): label invariants, bad input, hypothesis properties."""
+"""Tests for cryoseg.labels, cryoseg.preprocess (downsampling) and cryoseg.datasets (the shipped real sample, CryoPPP
+layout and download, local server only): label invariants, instances from disc masks, coordinates at the wrong scale,
+bad input, hypothesis properties."""
 import io as _io
 import math
 import tarfile
@@ -10,9 +11,11 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from cryoseg.coords import read_particles, write_particles
-from cryoseg.datasets import _safe_extract, download_cryoppp, load_cryoppp, make_cryoppp_sample
+from cryoseg.datasets import (REAL_SAMPLE_DIAMETER_PX, REAL_SAMPLE_PIXEL_SIZE_A, _safe_extract, download_cryoppp,
+                              load_cryoppp, load_real_sample, make_cryoppp_sample, real_sample_folder)
 from cryoseg.io import read_mask, read_micrograph
-from cryoseg.labels import disc_labels, footprint_labels, reprojection_labels, seed_recipe_labels
+from cryoseg.labels import (disc_labels, footprint_labels, instances_from_disc_mask, reprojection_labels,
+                            seed_recipe_labels)
 from cryoseg.particles import scale_particles
 from cryoseg.preprocess import downsample
 from cryoseg.simulate import SimConfig, simulate_dataset
@@ -305,3 +308,150 @@ def test_downsample_mask_area_majority(seed, factor, method):
         h, w = m.shape
         frac = mask[:h * k, :w * k].reshape(h, k, w, k).mean(axis=(1, 3))
         assert (m == (frac >= 0.5)).all()
+
+
+# ---- coordinates at the wrong scale (issue 14, item 6) -----------------------------------------
+def _picks_x4(tmp_path, n=20, size=256, seed=0):
+    "A STAR file of picks on a 256² micrograph written at 4× the scale (as for the unbinned micrograph)."
+    rng = np.random.default_rng(seed)
+    xy = rng.uniform(10, size - 10, size=(n, 2))
+    from cryoseg.particles import make_particles
+    t = make_particles(4 * xy[:, 0], 4 * xy[:, 1], micrograph="mic_0000.mrc", diameter_px=20.0)
+    return xy, write_particles(tmp_path / "picks_x4.star", t)
+
+
+def test_disc_labels_refuse_coordinates_at_the_wrong_scale(tmp_path):
+    xy, star = _picks_x4(tmp_path)
+    parts = read_particles(star)
+    for outside in ("drop", "clip", "keep"):
+        with pytest.raises(ValueError, match=r"picks_x4\.star.*outside.*(scale|flip)"):
+            disc_labels((256, 256), parts, outside=outside, path=star)
+    # without a path, the message names the micrograph of the table
+    with pytest.raises(ValueError, match=r"mic_0000\.mrc.*scale"):
+        disc_labels((256, 256), parts)
+    # the same picks at the right scale make full labels; a few centres outside are still dropped with a warning
+    sem, inst = disc_labels((256, 256), xy, diameter_px=20.0)
+    assert len(np.unique(inst)) - 1 == len(xy)
+    with pytest.warns(UserWarning, match="2 of 20"):
+        disc_labels((256, 256), np.r_[xy[:18], [[300.0, 5.0], [-4.0, 9.0]]], diameter_px=20.0)
+    # the threshold is a parameter (1 switches the check off)
+    sem, _ = disc_labels((256, 256), parts, outside="keep", max_outside_frac=1.0)
+    assert sem.sum() < 0.25 * np.pi * 10**2 * len(xy)          # what it used to make: labels mostly empty
+
+
+def test_projection_labels_refuse_coordinates_at_the_wrong_scale(dataset, tmp_path):
+    root, cfg, vol = dataset
+    star = root / "coordinates" / "mic_0000.star"
+    parts = read_particles(star)
+    big = parts.assign(x=parts.x * 4, y=parts.y * 4)
+    big_star = write_particles(tmp_path / "refined_x4.star", big)
+    with pytest.raises(ValueError, match=r"refined_x4\.star.*outside.*scale"):
+        reprojection_labels(vol, big_star, (256, 256), pixel_size_a=cfg.pixel_size_a)
+    with pytest.raises(ValueError, match=r"mic_0000.*outside.*scale"):
+        footprint_labels(vol, big, (256, 256))
+    # the right scale still labels every particle
+    _, inst = footprint_labels(vol, parts, (256, 256))
+    assert set(np.unique(inst)) - {0} == set(parts.particle_id)
+
+
+# ---- instances from disc masks ---------------------------------------------------------------------
+def _touching_discs(rng, n, d, size=160, min_sep=0.6, max_sep=1.0):
+    "n centres in a chain/cluster, neighbours min_sep..max_sep diameters apart (touching or overlapping), inside."
+    pts = [rng.uniform(size / 2 - 10, size / 2 + 10, 2)]
+    while len(pts) < n:
+        ang, s = rng.uniform(0, 2 * np.pi), rng.uniform(min_sep, max_sep) * d
+        p = pts[rng.integers(len(pts))] + s * np.array([np.cos(ang), np.sin(ang)])
+        if all(np.hypot(*(p - q)) >= min_sep * d for q in pts) and (p > 1).all() and (p < size - 2).all():
+            pts.append(p)
+    return np.array(pts)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_instances_from_disc_mask_touching_discs(n):
+    rng = np.random.default_rng(10 + n)
+    for _ in range(15):
+        d = rng.uniform(16, 56)
+        pts = _touching_discs(rng, n, d)
+        sem, _ = disc_labels((160, 160), pts, diameter_px=d)
+        inst, found = instances_from_disc_mask(sem, d, micrograph="m.mrc")
+        assert len(found) == n, (d, pts.tolist(), found[["x", "y"]].values.tolist())
+        err = np.hypot(pts[:, None, 0] - found.x.to_numpy()[None], pts[:, None, 1] - found.y.to_numpy()[None])
+        assert err.min(1).max() < 1.0 and err.min(0).max() < 1.0      # every centre found once, within a pixel
+        assert ((inst > 0) == (sem > 0)).all() and set(np.unique(inst)) - {0} == set(found.particle_id)
+        assert (found.micrograph == "m.mrc").all() and (found.diameter_px == d).all() and (found.score > 0.99).all()
+
+
+def test_instances_from_disc_mask_border_and_bad_input():
+    pts = np.array([[2.0, 50.3], [40.7, 1.5], [70.0, 98.0], [98.5, 60.2]])
+    inst, found = instances_from_disc_mask(disc_labels((100, 100), pts, diameter_px=24)[0], 24)
+    assert len(found) == 4
+    err = np.hypot(pts[:, None, 0] - found.x.to_numpy()[None], pts[:, None, 1] - found.y.to_numpy()[None])
+    assert err.min(1).max() < 1.0
+    assert len(instances_from_disc_mask(np.zeros((30, 30), bool), 10)[1]) == 0
+    with pytest.raises(ValueError, match="threshold"):
+        instances_from_disc_mask(np.array([[0, 100], [200, 255]], np.uint8), 3)
+    with pytest.raises(ValueError, match="diameter_px"):
+        instances_from_disc_mask(np.zeros((8, 8)), 0)
+    with pytest.raises(ValueError, match="2D"):
+        instances_from_disc_mask(np.zeros((2, 8, 8)), 3)
+
+
+# ---- the real sample (data/empiar10028-cryoppp) -----------------------------------------------------
+@pytest.fixture(scope="module")
+def real():
+    return load_real_sample("all")
+
+
+def test_real_sample_loads(real):
+    assert [len(load_real_sample(s)) for s in ("train", "valid", "test")] == [4, 1, 5] and len(real) == 10
+    assert [r.name for r in load_real_sample("valid")] == ["065_10028"]
+    for r in real:
+        name, img, mask, parts, px = r                                      # a tuple as well
+        assert img.shape == mask.shape == (1024, 1024) and img.dtype == np.float32 and mask.dtype == np.uint8
+        assert set(np.unique(mask)) == {0, 1} and px == REAL_SAMPLE_PIXEL_SIZE_A
+        assert img.max() <= 255 and 60 < img.mean() < 120                   # grey values as stored, not normalised
+        assert (parts.micrograph == f"{name}.png").all()
+    assert abs(REAL_SAMPLE_DIAMETER_PX * REAL_SAMPLE_PIXEL_SIZE_A - 300) < 1    # 56 px = 300 Å
+
+
+def test_real_sample_particle_counts(real):
+    disc_area = np.pi * REAL_SAMPLE_DIAMETER_PX**2 / 4
+    for r in real:
+        n, expected = len(r.particles), r.mask.sum() / disc_area
+        assert abs(n / expected - 1) < 0.03, (r.name, n, expected)          # counts per micrograph within 3 %
+        redrawn, _ = disc_labels(r.mask.shape, r.particles)
+        assert (redrawn != r.mask).sum() < 0.01 * r.mask.sum()               # the discs explain the mask
+        # isolated discs: the centre is the centroid of the component
+        from scipy import ndimage
+        lab, k = ndimage.label(r.mask, structure=np.ones((3, 3)))
+        area = np.bincount(lab.ravel())[1:]
+        single = np.flatnonzero(np.abs(area - disc_area) < 0.05 * disc_area) + 1
+        cy, cx = np.array(ndimage.center_of_mass(r.mask, lab, single)).T
+        d = np.hypot(cx[:, None] - r.particles.x.to_numpy()[None], cy[:, None] - r.particles.y.to_numpy()[None])
+        assert len(single) > 20 and d.min(1).max() < 0.2
+
+
+def test_real_sample_wrong_scale_refused(real):
+    r = real[0]
+    big = r.particles.assign(x=r.particles.x * 4, y=r.particles.y * 4)
+    with pytest.raises(ValueError, match=r"061_10028\.png.*outside the 1024x1024 image.*scale"):
+        disc_labels(r.mask.shape, big)
+    small = r.particles.assign(x=r.particles.x / 4, y=r.particles.y / 4)      # the binned frame: inside, no error
+    assert disc_labels((256, 256), small, diameter_px=14)[0].sum() > 0
+
+
+def test_real_sample_bad_input(tmp_path):
+    with pytest.raises(FileNotFoundError, match="pip install -e"):
+        load_real_sample("train", root=tmp_path)
+    with pytest.raises(ValueError, match="split must be"):
+        load_real_sample("validation")
+    import shutil
+    copy = tmp_path / "copy"
+    shutil.copytree(real_sample_folder(), copy)
+    (copy / "test" / "labels" / "313_10028.png").unlink()
+    with pytest.raises(FileNotFoundError, match="313_10028.png: no label file"):
+        load_real_sample("test", root=copy)
+    from PIL import Image
+    Image.fromarray(np.zeros((512, 512), np.uint8)).save(copy / "test" / "labels" / "313_10028.png")
+    with pytest.raises(ValueError, match="313_10028.png: label of shape"):
+        load_real_sample("test", root=copy)
