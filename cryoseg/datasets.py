@@ -376,7 +376,9 @@ def download_cryoppp(
     if overwrite and archive.exists():
         archive.unlink()
     try:
-        download(url, archive, expected_size=expected_size, progress=progress)
+        # full CryoPPP archives hold tens of GB: no size cap or one-hour deadline (the default guards against
+        # endless bodies); still every socket wait is bounded, and the size is checked when it is known
+        download(url, archive, expected_size=expected_size, progress=progress, max_bytes=None, deadline_s=None)
     except (FileNotFoundError, FileExistsError, ValueError):
         raise
     except OSError as e:   # ConnectionError from download: offline, refused, HTTP errors, timeouts

@@ -455,3 +455,17 @@ def test_real_sample_bad_input(tmp_path):
     Image.fromarray(np.zeros((512, 512), np.uint8)).save(copy / "test" / "labels" / "313_10028.png")
     with pytest.raises(ValueError, match="313_10028.png: label of shape"):
         load_real_sample("test", root=copy)
+
+
+def test_download_cryoppp_has_no_size_cap_or_deadline(monkeypatch, tmp_path):
+    "Full CryoPPP archives hold tens of GB: the download's default 8 GiB cap and 1 h deadline must not apply."
+    import cryoseg.datasets as ds
+    seen = {}
+
+    def spy(url, dest, **kw):
+        seen.update(kw)
+        raise ConnectionError("stop here")          # no network in tests
+    monkeypatch.setattr(ds, "download", spy)
+    with pytest.raises(ConnectionError):
+        download_cryoppp(10017, cache_dir=tmp_path, progress=False)
+    assert seen.get("max_bytes", "default") is None and seen.get("deadline_s", "default") is None, seen
