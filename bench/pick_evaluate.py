@@ -16,11 +16,11 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from cryoseg.core import describe_machine
 from cryoseg.metrics import match_picks, picking_metrics, picking_report, picking_table, pr_curve
 from cryoseg.pick import pick_particles
+from cryoseg.testing import pick_tables as make_tables
 
 
 def make(N, d=40, cover=0.3, seed=0):
@@ -42,26 +42,6 @@ def make(N, d=40, cover=0.3, seed=0):
         m[y0:y1, x0:x1] |= (xx[:, x0:x1] - cx) ** 2 + (yy[y0:y1] - cy) ** 2 <= (d / 2) ** 2
     prob = np.clip(m * 0.9 + rng.uniform(0, 0.2, m.shape), 0, 1).astype(np.float32)
     return prob, xy
-
-
-def make_tables(n: int, per_mic: int = 200, size: int = 4096, d: float = 40.0, seed: int = 0):
-    "(picks, truth) particles tables of `n` true particles on `n / per_mic` micrographs (see the module docstring)."
-    rng = np.random.default_rng(seed)
-    n_mic = max(1, n // per_mic)
-    tm = np.arange(n) % n_mic
-    txy = rng.uniform(d / 2, size - d / 2, (n, 2))
-    found, dup = rng.random(n) < 0.9, rng.random(n) < 0.05
-    fm = rng.integers(0, n_mic, int(0.15 * n))
-    pm = np.concatenate([tm[found], tm[dup], fm])
-    pxy = np.concatenate([txy[found] + rng.normal(0, 3, (found.sum(), 2)), txy[dup] + rng.normal(0, 8, (dup.sum(), 2)),
-                          rng.uniform(0, size, (len(fm), 2))])
-    score = np.concatenate([rng.beta(5, 2, found.sum()), rng.beta(2, 3, dup.sum()), rng.beta(2, 5, len(fm))])
-    name = np.array([f"mic_{i:05d}" for i in range(n_mic)], dtype=object)
-    order = rng.permutation(len(pm))
-    truth = pd.DataFrame(dict(micrograph=name[tm] + ".mrc", x=txy[:, 0], y=txy[:, 1], score=np.nan, diameter_px=d))
-    picks = pd.DataFrame(dict(micrograph=name[pm[order]] + ".mrc", x=pxy[order, 0], y=pxy[order, 1],
-                              score=score[order], diameter_px=d))
-    return picks, truth
 
 
 def timed(f):

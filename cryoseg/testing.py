@@ -20,7 +20,8 @@ import numpy as np
 import pandas as pd
 
 # %% auto #0
-__all__ = ['toy_micrograph', 'discs_in_noise', 'soft_discs', 'toy_crf_problem', 'widget_view', 'ServerURL', 'serve_folder']
+__all__ = ['toy_micrograph', 'discs_in_noise', 'soft_discs', 'toy_crf_problem', 'pick_tables', 'widget_view', 'ServerURL',
+           'serve_folder']
 
 # %% ../nbs/90_testing.ipynb #3f3707e9
 def toy_micrograph(shape=(128, 160), n: int = 8, diameter_px: float = 16, contrast: float = 1.0,
@@ -75,6 +76,27 @@ def toy_crf_problem(size: int = 24, noise: float = 0.5, seed=0) -> tuple[np.ndar
     img = (-1.0 * truth + rng.normal(0, noise, (size, size))).astype(np.float32)
     prob = np.clip(0.5 + 0.3 * (truth - 0.5) + rng.normal(0, 0.25, (size, size)), 0.02, 0.98).astype(np.float32)
     return prob, img, truth
+
+# %% ../nbs/90_testing.ipynb #26367320
+def pick_tables(n: int, per_mic: int = 200, size: int = 4096, d: float = 40.0,
+                seed=0) -> tuple[pd.DataFrame, pd.DataFrame]:
+    "`(picks, truth)` particles tables: `n` true particles on `n / per_mic` micrographs (see above)."
+    rng = np.random.default_rng(seed)
+    n_mic = max(1, n // per_mic)
+    tm = np.arange(n) % n_mic
+    txy = rng.uniform(d / 2, size - d / 2, (n, 2))
+    found, dup = rng.random(n) < 0.9, rng.random(n) < 0.05
+    fm = rng.integers(0, n_mic, int(0.15 * n))
+    pm = np.concatenate([tm[found], tm[dup], fm])
+    pxy = np.concatenate([txy[found] + rng.normal(0, 3, (found.sum(), 2)), txy[dup] + rng.normal(0, 8, (dup.sum(), 2)),
+                          rng.uniform(0, size, (len(fm), 2))])
+    score = np.concatenate([rng.beta(5, 2, found.sum()), rng.beta(2, 3, dup.sum()), rng.beta(2, 5, len(fm))])
+    name = np.array([f"mic_{i:05d}" for i in range(n_mic)], dtype=object)
+    order = rng.permutation(len(pm))
+    truth = pd.DataFrame(dict(micrograph=name[tm] + ".mrc", x=txy[:, 0], y=txy[:, 1], score=np.nan, diameter_px=d))
+    picks = pd.DataFrame(dict(micrograph=name[pm[order]] + ".mrc", x=pxy[order, 0], y=pxy[order, 1],
+                              score=score[order], diameter_px=d))
+    return picks, truth
 
 # %% ../nbs/90_testing.ipynb #c4b3c3a9
 def widget_view(box) -> dict | None:

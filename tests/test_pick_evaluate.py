@@ -10,6 +10,7 @@ from cryoseg.metrics import (average_precision, confusion_counts, match_boxes, m
                              picking_metrics, picking_table, pixel_metrics, pixel_scores, pr_curve)
 from cryoseg.pick import pick_particles
 from cryoseg.plots import plot_picks, plot_pr
+from cryoseg.testing import pick_tables
 from cryoseg.testing import soft_discs as _discs
 
 
@@ -419,28 +420,10 @@ def test_picking_report_matches_once(monkeypatch):
     pd.testing.assert_frame_equal(tab, picking_table(picks, truth, d, missing="empty"))
 
 
-def _big_tables(n=40_000, per_mic=200, size=4096, d=40.0, seed=0):
-    "n true particles on n/per_mic micrographs; picks: 90 % found (±3 px), 5 % duplicates, 15 % false."
-    rng = np.random.default_rng(seed)
-    n_mic = n // per_mic
-    tm = np.repeat(np.arange(n_mic), per_mic)
-    txy = rng.uniform(d / 2, size - d / 2, (n, 2))
-    found, dup = rng.random(n) < 0.9, rng.random(n) < 0.05
-    fm = rng.integers(0, n_mic, int(0.15 * n))
-    pm = np.concatenate([tm[found], tm[dup], fm])
-    pxy = np.concatenate([txy[found] + rng.normal(0, 3, (found.sum(), 2)), txy[dup] + rng.normal(0, 8, (dup.sum(), 2)),
-                          rng.uniform(0, size, (len(fm), 2))])
-    score = np.concatenate([rng.beta(5, 2, found.sum()), rng.beta(2, 3, dup.sum()), rng.beta(2, 5, len(fm))])
-    name = np.array([f"mic_{i:05d}" for i in range(n_mic)], dtype=object)
-    truth = pd.DataFrame(dict(micrograph=name[tm] + ".mrc", x=txy[:, 0], y=txy[:, 1]))
-    picks = pd.DataFrame(dict(micrograph=name[pm], x=pxy[:, 0], y=pxy[:, 1], score=score))
-    return picks, truth
-
-
 def test_picking_scales_to_many_micrographs():
     "40,000 particles on 200 micrographs: report and 50-point PR curve in seconds (the old code took minutes)."
     import time
-    picks, truth = _big_tables()
+    picks, truth = pick_tables(40_000)
     t0 = time.process_time()
     m, tab, curve = picking_metrics(picks, truth, 40), picking_table(picks, truth, 40), pr_curve(picks, truth, 40)
     cpu = time.process_time() - t0

@@ -16,6 +16,7 @@ from cryoseg.data import IGNORE_INDEX, SegDataset, load_folder
 from cryoseg.models import MODEL_NAMES, UNet, count_parameters, get_model
 from cryoseg.predict import predict_tiled
 from cryoseg.preprocess import normalize
+from cryoseg.testing import toy_micrograph
 from cryoseg.train import TrainConfig, evaluate, fit, load_checkpoint, seg_loss, train_one_epoch
 
 torch.set_num_threads(1)
@@ -23,13 +24,7 @@ torch.set_num_threads(1)
 
 def toy(shape=(96, 96), n=6, d=14, contrast=1.5, seed=0):
     "Dark discs in unit Gaussian noise: (image float32, mask uint8)."
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[:shape[0], :shape[1]]
-    mask = np.zeros(shape, np.uint8)
-    for _ in range(n):
-        cy, cx = rng.uniform(d / 2, np.array(shape) - d / 2)
-        mask[(yy - cy) ** 2 + (xx - cx) ** 2 <= (d / 2) ** 2] = 1
-    return (rng.normal(size=shape) - contrast * mask).astype(np.float32), mask
+    return toy_micrograph(shape, n=n, diameter_px=d, contrast=contrast, seed=seed)
 
 
 @pytest.fixture(scope="module")
