@@ -332,7 +332,7 @@ def add_parser(subparsers):
     "`cryoseg demo`."
     p = add_command(subparsers, "demo", run, help="the whole pipeline on a small simulated set",
                     description="Simulate → labels → train a U-Net → predict → CRF → pick → evaluate, and write "
-                    "<out>/report.md with metrics, timings and figures. About a minute on an idle 2-core CPU; "
+                    "<out>/report.md with metrics, timings and figures. 1-2 minutes on an idle 2-core CPU; "
                     "--quick runs a tiny version (for tests) in about 10 seconds.")
     p.add_argument("--out", default="cryoseg-demo", help="output folder (default cryoseg-demo)")
     p.add_argument("--quick", action="store_true", help="tiny sizes (about 10 s; for tests, not for good numbers)")
