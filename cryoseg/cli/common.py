@@ -23,11 +23,12 @@ import zlib
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['MIN_DIAMETER_PX', 'WRITE_ERRNOS', 'READ_FOLDERS', 'RESUME_ADVICE', 'FOLDER_RUN_HELP', 'parse_shard', 'stem',
-           'shard_of', 'shard_items', 'coordinate_files', 'check_outputs', 'check_diameter', 'check_threshold',
-           'check_box_size', 'disk_free', 'write_error', 'naming', 'write_file', 'check_out_not_input', 'FolderBusy',
-           'lock_name', 'output_lock', 'config_name', 'machine_info', 'write_json', 'write_config', 'read_record',
-           'same_settings', 'parse_sets', 'build_config', 'progress_bar', 'setup_device', 'Stopwatch', 'one_line',
+__all__ = ['MIN_DIAMETER_PX', 'WRITE_ERRNOS', 'READ_FOLDERS', 'DATASET_INFO', 'DATASET_FORMAT', 'RESUME_ADVICE',
+           'FOLDER_RUN_HELP', 'parse_shard', 'stem', 'shard_of', 'shard_items', 'coordinate_files', 'check_outputs',
+           'check_diameter', 'check_threshold', 'check_box_size', 'disk_free', 'write_error', 'naming', 'write_file',
+           'check_out_not_input', 'FolderBusy', 'lock_name', 'output_lock', 'config_name', 'machine_info', 'write_json',
+           'write_config', 'read_record', 'same_settings', 'check_dataset_info', 'write_dataset_info',
+           'read_dataset_info', 'parse_sets', 'build_config', 'progress_bar', 'setup_device', 'Stopwatch', 'one_line',
            'SomeFailed', 'failures_name', 'write_failures', 'stops_the_run', 'report_failures', 'absolute',
            'file_sha256', 'FolderRun', 'list_inputs', 'common_options', 'add_command', 'path_args', 'config_args',
            'shard_arg', 'diameter_arg', 'threshold_arg', 'call']
@@ -383,6 +384,60 @@ def same_settings(record: dict | None, settings: dict, where) -> bool:
     what = "; ".join(f"{k}: {old.get(k)!r} then, {settings.get(k)!r} now" for k in diff[:4])
     raise ValueError(f"{where}: made by an earlier `cryoseg {record.get('command')}` with other settings ({what}); "
                      "use --force to redo it with the new ones, or choose another --out")
+
+# %% ../../nbs/11_cli.ipynb #f9332a03
+DATASET_INFO = "dataset.json"
+DATASET_FORMAT = 1
+
+
+def _info_number(info: dict, key: str, where, required: bool = False) -> float | None:
+    v = info.get(key)
+    if v is None and not required:
+        return None
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+        raise ValueError(f"{where}: {key} must be a positive number, got {v!r}")
+    return float(v)
+
+
+def check_dataset_info(info: dict, where="dataset.json") -> dict:
+    """Validate a dataset description (see `write_dataset_info`); returns it with numbers as floats.
+    A `ValueError` naming `where` and the field otherwise."""
+    if not isinstance(info, dict):
+        raise ValueError(f"{where}: expected a JSON object, got {type(info).__name__}")
+    out = dict(info)
+    out["pixel_size_a"] = _info_number(info, "pixel_size_a", where)
+    out["bin_factor"] = _info_number(dict(bin_factor=info.get("bin_factor", 1.0)), "bin_factor", where, True)
+    out["diameter_px"] = _info_number(info, "diameter_px", where)
+    out["diameter_a"] = _info_number(info, "diameter_a", where)
+    mics = info.get("micrographs", {})
+    if not isinstance(mics, dict) or not all(isinstance(m, dict) for m in mics.values()):
+        raise ValueError(f"{where}: micrographs must map names to {{source, original_shape}}")
+    split = info.get("split")
+    if split is not None and (not isinstance(split, dict) or set(split) - {"train", "val"}
+                              or not all(isinstance(v, list) for v in split.values())):
+        raise ValueError(f"{where}: split must be {{'train': [names], 'val': [names]}}, got {split!r}")
+    return out
+
+
+def write_dataset_info(out: str | Path, info: dict) -> Path:
+    """Write `out/dataset.json` atomically: `pixel_size_a` (Å/px of the folder's images, or None), `bin_factor`
+    (original pixels per pixel here), `diameter_px`, `diameter_a`, `label` (how the masks were made),
+    `micrographs` (`{name: {"source": path, "original_shape": [H, W]}}`), `split` (`{"train": [...],
+    "val": [...]}` or absent), plus any other keys, kept as given."""
+    info = check_dataset_info(info, Path(out) / DATASET_INFO)
+    return write_json(Path(out) / DATASET_INFO, dict(cryoseg_dataset=DATASET_FORMAT, **info))
+
+
+def read_dataset_info(folder: str | Path) -> dict | None:
+    "The `dataset.json` of the dataset folder `folder` (checked); None when it has none (an older or hand-made folder)."
+    path = Path(folder) / DATASET_INFO
+    if not path.is_file():
+        return None
+    try:
+        info = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path}: unreadable dataset description ({e}); re-run `cryoseg label` or delete it") from None
+    return check_dataset_info(info, path)
 
 # %% ../../nbs/11_cli.ipynb #b6dc59a7
 def parse_sets(items: list[str] | dict | None) -> dict:
