@@ -28,7 +28,8 @@ from .metrics import confusion_counts, pixel_scores
 from .models import MODEL_NAMES, get_model, unreadable_reason
 
 # %% auto #0
-__all__ = ['SCHEDULES', 'CKPT_FORMAT', 'seg_loss', 'TrainConfig', 'train_one_epoch', 'evaluate', 'load_checkpoint', 'fit']
+__all__ = ['SCHEDULES', 'CKPT_FORMAT', 'NORMALIZATION', 'seg_loss', 'TrainConfig', 'train_one_epoch', 'evaluate',
+           'load_checkpoint', 'checkpoint_scale', 'checkpoint_info', 'update_checkpoint', 'fit']
 
 # %% ../nbs/06_train.ipynb #e9157b6a
 def seg_loss(logits: torch.Tensor,           # (b, 2, h, w) logits
@@ -339,6 +340,55 @@ def _init_weights(model: nn.Module, cfg: TrainConfig) -> None:
         raise ValueError(f"{path}: init_checkpoint holds a {name!r} model, but this run trains {cfg.model!r}")
     _load_weights(model, ckpt, path, f"this run's {cfg.model}({cfg.model_kwargs})")
 
+# %% ../nbs/06_train.ipynb #0f086367
+NORMALIZATION = dict(method="robust z-score per micrograph: (x - median) / (1.4826 MAD), after binning",
+                     clip=5.0, background_sigma_px=None)   # what `cryoseg.data` and `cryoseg.predict` apply
+
+
+def checkpoint_scale(pixel_size_a: float | None = None,   # Å per pixel of the training micrographs
+                     diameter_px: float | None = None,    # particle (label) diameter at that pixel size
+                     diameter_a: float | None = None,     # the same in Å
+                     bin_factor: float = 1.0,             # original pixels per training pixel (informational)
+                     normalization: dict | None = None,   # default: `NORMALIZATION`
+                     ) -> dict:
+    "The `scale` a checkpoint records, checked (positive numbers or None); `diameter_a` derived when it can be."
+    def num(v, name):
+        if v is None:
+            return None
+        try:
+            f = float(v)
+        except (TypeError, ValueError):
+            raise ValueError(f"scale: {name} must be a number, got {v!r}") from None
+        if not (math.isfinite(f) and f > 0):
+            raise ValueError(f"scale: {name} must be a positive number, got {v!r}")
+        return f
+    px, d = num(pixel_size_a, "pixel_size_a"), num(diameter_px, "diameter_px")
+    da = num(diameter_a, "diameter_a")
+    if da is None and px is not None and d is not None:
+        da = px * d
+    return dict(pixel_size_a=px, diameter_px=d, diameter_a=da, bin_factor=num(bin_factor, "bin_factor") or 1.0,
+                normalization=dict(normalization or NORMALIZATION))
+
+
+def checkpoint_info(path: str | Path) -> dict:
+    """What a checkpoint says about itself, without building the network: `model_name`, `model_kwargs`, `epoch`,
+    `metrics`, `scale` (`checkpoint_scale`; None in a checkpoint from before scales were recorded), `picking`
+    (the threshold fitted on validation, or None) and `cfg`."""
+    ck = _read_checkpoint(path)
+    return dict(model_name=ck.get("model_name"), model_kwargs=dict(ck.get("model_kwargs") or {}),
+                epoch=ck.get("epoch"), metrics=dict(ck.get("metrics") or {}), scale=ck.get("scale"),
+                picking=ck.get("picking"), cfg=dict(ck.get("cfg") or {}))
+
+
+def update_checkpoint(path: str | Path, scale: dict | None = None, picking: dict | None = None) -> Path:
+    "Set the `scale` and/or `picking` record of the checkpoint `path` (rewritten atomically; the weights unchanged)."
+    path = Path(path)
+    ck = _read_checkpoint(path)
+    if scale is not None: ck["scale"] = checkpoint_scale(**scale)
+    if picking is not None: ck["picking"] = dict(picking)
+    _save(ck, path)
+    return path
+
 # %% ../nbs/06_train.ipynb #0f208472
 class _ShardSampler(Sampler):
     "Indices rank, rank + world, ... of a dataset, in order, without padding (for validation)."
@@ -436,6 +486,7 @@ class _Run:
     bad: int = 0                      # epochs since the last improvement
     start: int = 0                    # first epoch to run
     best_state: dict | None = None    # weights of the best epoch
+    scale: dict | None = None         # the training data's scale (`fit`'s `scale`), stored in every checkpoint
 
 
 def _setup_run(cfg: TrainConfig, train_ds, val_ds, out: Path | None, rank: int, world: int, device: torch.device,
@@ -520,7 +571,8 @@ def _run_epoch(run: _Run, epoch: int) -> dict:
         run.bad += 1
     run.history.append(row)
     if run.out is not None and run.main:
-        state = dict(history=run.history, best_iou=run.best_iou, best_epoch=run.best_epoch, bad_epochs=run.bad)
+        state = dict(history=run.history, best_iou=run.best_iou, best_epoch=run.best_epoch, bad_epochs=run.bad,
+                     scale=run.scale)
         ck = _make_checkpoint(run.model, run.optimizer, run.scheduler, run.scaler, epoch, cfg, row, state)
         if improved: _save(ck, run.out / "best.pt")
         _save(ck, run.out / "last.pt")
@@ -532,6 +584,7 @@ def fit(cfg: TrainConfig | None = None,
         train_ds=None,                 # Dataset of (image, mask) crops, or an (images, masks) pair
         val_ds=None,                   # same; None: no validation (the last epoch is kept)
         callback: Callable[[dict], None] | None = None,  # called with each epoch's history row (rank 0)
+        scale: dict | None = None,     # the training data's scale (`checkpoint_scale`), kept in every checkpoint
         ) -> dict:
     """Train `cfg.model` on `train_ds`, validating on `val_ds` every epoch.
 
@@ -549,6 +602,7 @@ def fit(cfg: TrainConfig | None = None,
     try:
         resuming = cfg.resume and (out / "last.pt").exists()
         run = _setup_run(cfg, train_ds, val_ds, out, rank, world, device, resuming)
+        run.scale = None if scale is None else checkpoint_scale(**scale)
         if out is not None and run.main: out.mkdir(parents=True, exist_ok=True)
         if resuming: _resume_run(run)
         patience = cfg.early_stop_patience

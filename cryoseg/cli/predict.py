@@ -11,10 +11,11 @@ from pathlib import Path
 
 from .common import (FolderRun, Stopwatch, absolute, add_command, build_config, call, config_args,
                                 file_sha256, list_inputs, parse_shard, path_args, progress_bar, setup_device, shard_arg,
-                                shard_items, stem)
+                                shard_items, stem, write_json)
 
 # %% auto #0
-__all__ = ['CRF_CHOICES', 'crf_method', 'crf_settings', 'check_tiling', 'check_tile_size', 'predict_outputs', 'predict_one',
+__all__ = ['CRF_CHOICES', 'SCALE_TOLERANCE', 'crf_method', 'crf_settings', 'check_tiling', 'check_tile_size', 'rescale_factor',
+           'load_micrograph', 'predict_outputs', 'map_record', 'predict_one', 'prefetched', 'model_scale',
            'run_predict', 'add_parser', 'run']
 
 # %% ../../nbs/11d_cli_predict.ipynb #f7773310
@@ -63,58 +64,147 @@ def check_tile_size(net, tile_size: int) -> None:
                          f"cryoseg.predict.min_tile_size): the maps would depend on where tiles are cut; "
                          f"use --tile-size >= {need}")
 
+# %% ../../nbs/11d_cli_predict.ipynb #884a37ae
+SCALE_TOLERANCE = 0.02     # micrograph and model pixel sizes within 2 %: no resampling
+
+
+def rescale_factor(path, mic_px: float | None, model_px: float | None, no_rescale: bool = False) -> float:
+    """The factor to bin micrograph `path` (at `mic_px` Å/px) by so that it matches the model's `model_px`:
+    1 when they agree within `SCALE_TOLERANCE`, when `no_rescale` or when the model records no pixel size."""
+    if no_rescale or model_px is None:
+        return 1.0
+    if mic_px is None:
+        raise ValueError(f"{path}: no pixel size in the file's header, and the model was trained at {model_px:g} Å/px; "
+                         "give --pixel-size (Å/px) so the micrograph can be binned to the model's scale "
+                         "(or --no-rescale to run it at its own scale)")
+    f = model_px / mic_px
+    if abs(f - 1) <= SCALE_TOLERANCE:
+        return 1.0
+    if f < 1:
+        raise ValueError(f"{path}: {mic_px:g} Å/px is coarser than the model's {model_px:g} Å/px and cryoseg does not "
+                         f"upsample: use a model trained at >= {mic_px:g} Å/px (cryoseg label --target-diameter-px), or "
+                         f"--no-rescale (particles then look {1 / f:.2f}x smaller than in training)")
+    return f
+
+
+def load_micrograph(path, pixel_size_a: float | None, model_px: float | None, no_rescale: bool = False):
+    """Micrograph `path` at the model's scale: `(image, record)`, the record being what the map's sidecar keeps
+    (micrograph file, source path, original shape and pixel size, bin factor, the map's pixel size)."""
+    from cryoseg.io import read_micrograph
+    from cryoseg.preprocess import downsample
+    img, header_px = read_micrograph(path)
+    px = pixel_size_a if pixel_size_a is not None else header_px
+    f = rescale_factor(path, px, model_px, no_rescale)
+    small = img if f == 1.0 else downsample(img, None, factor=f)[0]
+    bin_factor = (img.shape[0] / small.shape[0] + img.shape[1] / small.shape[1]) / 2
+    return small, dict(micrograph=Path(path).name, source=absolute(path), original_shape=list(img.shape),
+                       original_pixel_size_a=px, bin_factor=bin_factor, map_shape=list(small.shape),
+                       pixel_size_a=None if px is None else px * bin_factor)
+
 # %% ../../nbs/11d_cli_predict.ipynb #cbf6b1f9
 def predict_outputs(out: Path, name: str, refine) -> list[Path]:
-    "The maps of micrograph `name`: `probabilities/<name>.mrc` (and `probabilities_crf/<name>.mrc` with a CRF)."
-    return [out / sub / f"{name}.mrc" for sub in ("probabilities", "probabilities_crf")[:2 if refine else 1]]
+    """The maps of micrograph `name` and their sidecars: `probabilities/<name>.mrc` and `.json` (and the same in
+    `probabilities_crf/` with a CRF)."""
+    subs = ("probabilities", "probabilities_crf")[:2 if refine else 1]
+    return [out / sub / f"{name}.{ext}" for sub in subs for ext in ("mrc", "json")]
 
 
-def predict_one(path, job: dict) -> None:
-    "Predict (and refine) the micrograph `path` into its maps; `job`: the network and options (see `run_predict`)."
-    from cryoseg.io import read_micrograph, write_micrograph
+def map_record(rec: dict, job: dict) -> dict:
+    "The sidecar of one map: the micrograph's `rec` (`load_micrograph`), the model, its particle size and picking threshold."
+    scale, px = job["scale"] or {}, rec["pixel_size_a"]
+    d_a = scale.get("diameter_a")
+    d_px = d_a / px if d_a and px else scale.get("diameter_px")
+    return dict(cryoseg_map=1, **rec, diameter_px=d_px, diameter_a=d_a, model=job["model"], picking=job["picking"])
+
+
+def predict_one(path, loaded, job: dict) -> None:
+    """Predict (and refine) the micrograph `path` (`loaded`: the future of its `load_micrograph`) into its maps and
+    sidecars; `job`: the network and options (see `run_predict`)."""
+    from cryoseg.io import write_micrograph
     from cryoseg.predict import predict_tiled
-    img, px = read_micrograph(path)
+    img, rec = loaded.result()
     dst = predict_outputs(job["out"], stem(path), job["refine"])
     with job["t_net"]:
         prob = predict_tiled(job["net"], img, tile_size=job["tile_size"], overlap=job["overlap"],
                              batch_size=job["batch_size"], device=job["device"])
-    write_micrograph(dst[0], prob.astype("float32"), pixel_size_a=px, overwrite=job["replace"])
+    side = map_record(rec, job)
+    write_micrograph(dst[0], prob.astype("float32"), pixel_size_a=rec["pixel_size_a"], overwrite=job["replace"])
+    write_json(dst[1], side)
     if job["refine"]:
         from cryoseg.crf import crf_tiled
         with job["t_crf"]:
             q = crf_tiled(prob, img, **job["refine"])
-        write_micrograph(dst[1], q.astype("float32"), pixel_size_a=px, overwrite=job["replace"])
+        write_micrograph(dst[2], q.astype("float32"), pixel_size_a=rec["pixel_size_a"], overwrite=job["replace"])
+        write_json(dst[3], side)
+
+
+def prefetched(items, load, ahead: int = 1):
+    """Yield `(item, future of load(item))` with up to `ahead` further items loading in a background thread, so
+    reading and binning the next micrographs overlap the network's work on this one."""
+    from concurrent.futures import ThreadPoolExecutor
+    items = list(items)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="cryoseg-read") as pool:
+        futs = {}
+        for i, item in enumerate(items):
+            for j in range(i, min(i + ahead + 1, len(items))):
+                if j not in futs:
+                    futs[j] = pool.submit(load, items[j])
+            yield item, futs.pop(i)
 
 # %% ../../nbs/11d_cli_predict.ipynb #9595d10b
+def model_scale(model_path: Path, no_rescale: bool) -> tuple[dict | None, dict | None]:
+    "The checkpoint's `(scale, picking)` records, with a warning when predictions cannot follow its scale."
+    import warnings
+    from cryoseg.train import checkpoint_info
+    info = checkpoint_info(model_path)
+    scale = info["scale"]
+    if not (scale or {}).get("pixel_size_a") and not no_rescale:
+        warnings.warn(f"{model_path}: the checkpoint records no pixel size (trained before scales were recorded, or "
+                      "on micrographs without one): every micrograph is predicted at its own scale; make sure it "
+                      "matches the training data's", stacklevel=2)
+    return scale, info["picking"]
+
+
 def run_predict(model: str | Path, data: str | Path, out: str | Path, tile_size: int = 512, overlap: int = 64,
-                batch_size: int | None = None, crf: str = "none", crf_config=None, crf_set=None, shard=None,
+                batch_size: int | None = None, crf: str = "none", crf_config=None, crf_set=None,
+                pixel_size_a: float | None = None, no_rescale: bool = False, shard=None,
                 device=None, threads=None, force: bool = False, progress: bool = True, argv=None) -> dict:
-    "Probability maps (and CRF-refined maps) for every micrograph of `data` in `shard`; returns the run's config and timings."
+    """Probability maps (and CRF-refined maps) at the model's scale for every micrograph of `data` in `shard`,
+    each binned to the model's pixel size first (`load_micrograph`); returns the run's config and timings."""
     check_tiling(tile_size, overlap, batch_size)
     out, model_path = Path(out), Path(model)
     parse_shard(shard)
+    if pixel_size_a is not None:
+        from cryoseg.core import check_positive
+        pixel_size_a = check_positive(pixel_size_a, "--pixel-size", "Å per pixel")
     refine = crf_settings(crf, crf_config, crf_set, device)
     run = FolderRun(out, "predict", {}, inputs=[model_path, data], shard=shard, force=force, argv=argv, progress=progress)
     mics = shard_items(list_inputs(data, run), shard)
     if not model_path.is_file():
         raise FileNotFoundError(f"{model_path}: model checkpoint not found")
+    scale, picking = model_scale(model_path, no_rescale)
     run.settings = json.loads(json.dumps(dict(
         model=absolute(model_path), model_sha256=file_sha256(model_path), data=absolute(data), tile_size=tile_size,
-        overlap=overlap, crf=crf, crf_params=refine and dataclasses.asdict(refine["params"]), shard=shard)))
+        overlap=overlap, crf=crf, crf_params=refine and dataclasses.asdict(refine["params"]), shard=shard,
+        pixel_size_a=pixel_size_a, no_rescale=no_rescale)))
+    model_px = (scale or {}).get("pixel_size_a")
     with run:
         todo = run.plan(mics, lambda p: predict_outputs(out, stem(p), refine))
-        job = dict(out=out, tile_size=tile_size, overlap=overlap, batch_size=batch_size, refine=refine,
-                   replace=run.replace, t_net=Stopwatch(), t_crf=Stopwatch(), device=setup_device(device, threads))
+        job = dict(out=out, tile_size=tile_size, overlap=overlap, batch_size=batch_size, refine=refine, scale=scale,
+                   picking=picking, model=absolute(model_path), replace=run.replace, t_net=Stopwatch(),
+                   t_crf=Stopwatch(), device=setup_device(device, threads))
         if todo:
             from cryoseg.train import load_checkpoint
             job["net"] = load_checkpoint(model_path, device=job["device"])[0].eval()
             check_tile_size(job["net"], tile_size)
-        for p in progress_bar(todo, progress, desc="predict" + (" + CRF" if refine else ""), unit="mic"):
-            run.attempt(p, predict_one, p, job)
+        load = lambda p: load_micrograph(p, pixel_size_a, model_px, no_rescale)
+        bar = progress_bar(todo, progress, desc="predict" + (" + CRF" if refine else ""), unit="mic")
+        for p, loaded in prefetched(bar, load):
+            run.attempt(p, predict_one, p, loaded, job)
         t_net, t_crf = job["t_net"], job["t_crf"]
         results = dict(device=str(job["device"]), n_micrographs=len(mics), seconds_predict=t_net.wall,
                        cpu_seconds_predict=t_net.cpu, seconds_crf=t_crf.wall, cpu_seconds_crf=t_crf.cpu,
-                       micrographs=[p.name for p in mics])
+                       model_pixel_size_a=model_px, micrographs=[p.name for p in mics])
         run.finish(results)
     return dict(run.settings, out=str(out), **results)
 
@@ -129,6 +219,10 @@ def add_parser(subparsers):
     p.add_argument("--tile-size", type=int, default=512, help="tile size in pixels (default 512)")
     p.add_argument("--overlap", type=int, default=64, help="tile overlap in pixels (default 64)")
     p.add_argument("--batch-size", type=int, default=None, help="tiles per batch (default 1 on CPU, 16 on CUDA)")
+    p.add_argument("--pixel-size", dest="pixel_size_a", type=float, default=None, metavar="A",
+                   help="micrographs' pixel size in Å (default: each file's header; this overrides it)")
+    p.add_argument("--no-rescale", action="store_true",
+                   help="predict every micrograph at its own scale instead of binning it to the model's pixel size")
     p.add_argument("--crf", choices=CRF_CHOICES, default="none",
                    help="dense CRF: cpu = pydensecrf2, torch = PyTorch CRF on --device, gpu = PyTorch CRF on CUDA (default none)")
     config_args(p, "CRFParams", "n_iter=10", prefix="crf-")

@@ -14,7 +14,8 @@ from .common import (add_command, build_config, call, check_out_not_input, check
                                 config_name, output_lock, path_args, setup_device, write_config)
 
 # %% auto #0
-__all__ = ['rank', 'history_figure', 'save_history_figure', 'run_train', 'add_parser', 'run']
+__all__ = ['PICK_THRESHOLDS', 'rank', 'history_figure', 'save_history_figure', 'training_sets', 'validation_truth', 'fit_picking',
+           'picking_record', 'run_train', 'add_parser', 'run']
 
 # %% ../../nbs/11c_cli_train.ipynb #560ac975
 def rank() -> int:
@@ -42,6 +43,100 @@ def save_history_figure(model_dir: Path) -> Path | None:
     plt.close(fig)
     return path
 
+# %% ../../nbs/11c_cli_train.ipynb #84e04445
+def _folder_scale(info: dict | None, fd, where) -> dict:
+    "The scale of one dataset folder: its dataset.json, else the MRC headers' common pixel size (diameter unknown)."
+    if info is not None:
+        return dict(pixel_size_a=info["pixel_size_a"], diameter_px=info["diameter_px"], diameter_a=info["diameter_a"],
+                    bin_factor=info["bin_factor"])
+    sizes = {round(p, 4) for p in fd.pixel_sizes_a if p is not None}
+    px = sizes.pop() if len(sizes) == 1 and None not in fd.pixel_sizes_a else None
+    return dict(pixel_size_a=px, diameter_px=None, diameter_a=None, bin_factor=1.0)
+
+
+def _same_scale(a: dict, b: dict, data, val) -> None:
+    for k, unit in (("pixel_size_a", "Å/px"), ("diameter_px", "px")):
+        if a[k] and b[k] and abs(a[k] / b[k] - 1) > 0.02:
+            raise ValueError(f"{val}: {k} {b[k]:g} {unit}, but the training folder {data} has {a[k]:g} {unit}; "
+                             "label both at one scale (cryoseg label ... --target-diameter-px)")
+
+
+def training_sets(data, val=None):
+    """`(train, val, scale)`: the `FolderData` of `data` and of `val` (or of the validation micrographs of
+    `data`'s `dataset.json` split; None if neither), and the training data's scale for the checkpoints."""
+    from cryoseg.cli.common import read_dataset_info
+    from cryoseg.data import load_folder
+    info = read_dataset_info(data)
+    split = (info or {}).get("split") or {}
+    if val is None and split.get("val"):
+        tr, va = load_folder(data, names=split["train"]), load_folder(data, names=split["val"])
+        return tr, va, _folder_scale(info, tr, data)
+    tr = load_folder(data)
+    scale = _folder_scale(info, tr, data)
+    if val is None:
+        return tr, None, scale
+    va = load_folder(val)
+    _same_scale(scale, _folder_scale(read_dataset_info(val), va, val), data, val)
+    return tr, va, scale
+
+# %% ../../nbs/11c_cli_train.ipynb #79e7bfbe
+PICK_THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7)
+
+
+def validation_truth(folder, names):
+    "The particle coordinates of micrographs `names` of dataset folder `folder` (`coordinates/<name>.*`); None if any lacks them."
+    import pandas as pd
+    from cryoseg.cli.common import coordinate_files
+    from cryoseg.coords import read_particles
+    try:
+        files = coordinate_files(folder)
+    except FileNotFoundError:
+        return None
+    if not all(n in files for n in names):
+        return None
+    return pd.concat([read_particles(files[n], allow_empty=True).assign(micrograph=n) for n in names], ignore_index=True)
+
+
+def fit_picking(model, images, names, truth, diameter_px: float, thresholds=PICK_THRESHOLDS, device=None,
+                tile_size: int = 512) -> dict:
+    """The probability threshold (among `thresholds`) whose picks (`cryoseg.pick.pick_particles`) have the best
+    F1 against `truth` on the validation micrographs `images` (matching within 0.5 diameter), with its scores."""
+    from cryoseg.metrics import average_precision, picking_metrics
+    from cryoseg.pick import pick_particles
+    from cryoseg.predict import predict_tiled
+    import pandas as pd
+    probs = [predict_tiled(model, im, tile_size=tile_size, device=device) for im in images]
+    rows = []
+    for t in thresholds:
+        picks = pd.concat([pick_particles(p, diameter_px, threshold=t, micrograph=n) for p, n in zip(probs, names)],
+                          ignore_index=True)
+        m = picking_metrics(picks, truth, diameter_px, micrographs=names)
+        ap = average_precision(picks, truth, diameter_px, micrographs=names) if len(picks) else 0.0
+        rows.append(dict(threshold=float(t), f1=m["f1"], precision=m["precision"], recall=m["recall"], ap=ap))
+    best = max(rows, key=lambda r: (r["f1"], -abs(r["threshold"] - 0.5)))
+    return dict(best, min_area_frac=0.2, match_frac=0.5, fitted_on="validation", n_micrographs=len(names),
+                n_true=int(len(truth)), sweep=rows)
+
+# %% ../../nbs/11c_cli_train.ipynb #26b7765c
+def picking_record(model, va, folder, scale: dict, device, best) -> dict | None:
+    """Fit the picking threshold on the validation set `va` (coordinates in `folder`) and store it in the
+    checkpoint `best`; returns the record, or None (with the reason printed) when it cannot be fitted."""
+    from cryoseg.train import update_checkpoint
+    why = ("no validation micrographs (--val or label --val-fraction)" if va is None else
+           "no particle diameter in dataset.json" if not scale.get("diameter_px") else None)
+    truth = None if why else validation_truth(folder, va.names)
+    if why is None and truth is None:
+        why = f"no coordinates for the validation micrographs in {folder}"
+    if why:
+        print(f"picking threshold not fitted: {why}; `cryoseg pick` will use --threshold (default 0.5)")
+        return None
+    rec = fit_picking(model, va.images, va.names, truth, scale["diameter_px"], device=device)
+    if Path(best).is_file():
+        update_checkpoint(best, picking=rec)
+    print(f"picking threshold {rec['threshold']:g} (validation F1 {rec['f1']:.3f}, AP {rec['ap']:.3f} "
+          f"on {rec['n_micrographs']} micrograph(s)), stored in {best}")
+    return rec
+
 # %% ../../nbs/11c_cli_train.ipynb #6342c711
 def run_train(data, out, val=None, model: str = "unet", epochs: int | None = None, batch_size: int | None = None,
               lr: float | None = None, config=None, sets=None, init: str | Path | None = None, resume: bool = False,
@@ -52,7 +147,6 @@ def run_train(data, out, val=None, model: str = "unet", epochs: int | None = Non
     out = Path(out)
     if init is not None and not Path(init).is_file():
         raise FileNotFoundError(f"{init}: --init checkpoint not found")
-    from cryoseg.data import load_folder
     from cryoseg.train import TrainConfig, fit
     cfg = build_config(TrainConfig, config, sets, section="train", model=model, epochs=epochs, batch_size=batch_size,
                        lr=lr, seed=seed, device=device, out_dir=str(out), overwrite=force, progress=progress,
@@ -61,15 +155,15 @@ def run_train(data, out, val=None, model: str = "unet", epochs: int | None = Non
     with output_lock(out, "train", argv=argv) if rank() == 0 else contextlib.nullcontext():  # rank 0 writes
         check_outputs([out / "best.pt", out / "last.pt", out / config_name("train")], force or cfg.resume)
         setup_device(None, threads)
-        tr = load_folder(data)
-        va = load_folder(val) if val is not None else None
+        tr, va, scale = training_sets(data, val)
         t0 = time.perf_counter()
-        res = fit(cfg, (tr.images, tr.masks), None if va is None else (va.images, va.masks))
+        res = fit(cfg, (tr.images, tr.masks), None if va is None else (va.images, va.masks), scale=scale)
         if rank() == 0:
+            picking = picking_record(res["model"], va, val or data, scale, cfg.device, out / "best.pt")
             write_config(out, "train", dict(data=data, val=val, out=out, train=cfg, n_train=len(tr.names),
                                             n_val=0 if va is None else len(va.names), best_epoch=res["best_epoch"],
                                             best_metrics=res["best_metrics"], stopped_early=res["stopped_early"],
-                                            seconds=time.perf_counter() - t0), force=True, argv=argv)
+                                            scale=scale, picking=picking, seconds=time.perf_counter() - t0), force=True, argv=argv)
             save_history_figure(out)
     return out / "best.pt"
 
