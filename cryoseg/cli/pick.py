@@ -12,8 +12,9 @@ from .common import (FolderRun, absolute, add_command, call, check_box_size, che
                                 shard_arg, shard_items, stem, threshold_arg)
 
 # %% auto #0
-__all__ = ['PICK_FORMATS', 'parse_formats', 'combined_name', 'read_probability_map', 'pick_outputs', 'pick_one', 'kept_picks',
-           'run_pick', 'add_parser', 'run']
+__all__ = ['PICK_FORMATS', 'MAP_RECORD_KEYS', 'parse_formats', 'combined_name', 'read_probability_map', 'read_map_record',
+           'map_frame', 'map_diameter', 'to_original', 'pick_outputs', 'pick_one', 'combined_optics', 'run_pick',
+           'add_parser', 'run']
 
 # %% ../../nbs/11e_cli_pick.ipynb #3c23f9df
 PICK_FORMATS = ("star", "box", "csv", "txt")
@@ -35,67 +36,154 @@ def combined_name(shard=None) -> str:
 
 # %% ../../nbs/11e_cli_pick.ipynb #7c1bc1d3
 def read_probability_map(path):
-    "A probability map written by `cryoseg predict`: float32 (H, W), finite, in [0, 1]."
+    "A probability map written by `cryoseg predict` (float32 (H, W), finite, in [0, 1]) and its pixel size (Å or None)."
     import numpy as np
     from cryoseg.io import read_micrograph
-    prob, _ = read_micrograph(path, check=False)  # an all-background map is constant: fine here
+    prob, px = read_micrograph(path, check=False)  # an all-background map is constant: fine here
     bad = int(np.count_nonzero(~np.isfinite(prob)))
     if bad:
         raise ValueError(f"{path}: {bad} NaN or infinite value(s); not a probability map (re-run `cryoseg predict`)")
     if prob.min() < 0 or prob.max() > 1:
         raise ValueError(f"{path}: values outside [0, 1]; expected a probability map from `cryoseg predict`")
-    return prob
+    return prob, px
+
+
+MAP_RECORD_KEYS = ("micrograph", "original_shape", "map_shape", "bin_factor")
+
+
+def read_map_record(path) -> dict | None:
+    """The sidecar `<name>.json` that `cryoseg predict` wrote beside the map `path` (the original micrograph, its
+    shape and pixel size, the bin factor, the model's particle diameter and threshold); None for a map without one."""
+    import json
+    side = Path(path).with_suffix(".json")
+    if not side.is_file():
+        return None
+    try:
+        rec = json.loads(side.read_text())
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{side}: unreadable record of the map {Path(path).name} ({e}); re-run `cryoseg predict`") from None
+    missing = [k for k in MAP_RECORD_KEYS if not isinstance(rec, dict) or k not in rec]
+    if missing:
+        raise ValueError(f"{side}: not a cryoseg map record (no {', '.join(missing)}); re-run `cryoseg predict`")
+    return rec
+
+
+def map_frame(path, shape, rec: dict | None, pixel_size_a: float | None) -> dict:
+    """How the map `path` of `shape` relates to its original micrograph: `fx`, `fy` (original pixels per map pixel),
+    `micrograph` (the original's file name), `pixel_size_a` of the map and `original_pixel_size_a`."""
+    if rec is None:
+        return dict(fx=1.0, fy=1.0, micrograph=f"{stem(path)}.mrc", pixel_size_a=pixel_size_a,
+                    original_pixel_size_a=pixel_size_a)
+    if list(shape) != list(rec["map_shape"]):
+        raise ValueError(f"{path}: map of shape {tuple(shape)}, but its record {Path(path).with_suffix('.json').name} "
+                         f"says {tuple(rec['map_shape'])}; the two are from different runs: re-run `cryoseg predict`")
+    (H, W), (h, w) = rec["original_shape"], shape
+    return dict(fx=W / w, fy=H / h, micrograph=rec["micrograph"], pixel_size_a=rec.get("pixel_size_a") or pixel_size_a,
+                original_pixel_size_a=rec.get("original_pixel_size_a"))
+
+# %% ../../nbs/11e_cli_pick.ipynb #51522f71
+def map_diameter(path, rec, frame, diameter_px, diameter_a) -> float:
+    "The particle diameter in map pixels: from `diameter_px` (original pixels), `diameter_a` (Å) or the map's record."
+    f = (frame["fx"] + frame["fy"]) / 2
+    if diameter_px is not None:
+        return diameter_px / f
+    if diameter_a is not None:
+        if not frame["pixel_size_a"]:
+            raise ValueError(f"{path}: --diameter-a needs the map's pixel size, and neither its header nor a record "
+                             "gives one; use --diameter-px")
+        return diameter_a / frame["pixel_size_a"]
+    if rec and rec.get("diameter_px"):
+        return float(rec["diameter_px"])
+    raise ValueError(f"{path}: no particle diameter: the map has no record of its model's (a checkpoint from before "
+                     "scales were recorded, or a map not made by `cryoseg predict`); give --diameter-px or --diameter-a")
+
+
+def to_original(picks, frame: dict):
+    "Picks in map pixels → the original micrograph's pixels (x, y, diameter, area), named after the original."
+    fx, fy = frame["fx"], frame["fy"]
+    out = picks.assign(x=picks["x"] * fx, y=picks["y"] * fy, diameter_px=picks["diameter_px"] * (fx + fy) / 2,
+                       micrograph=frame["micrograph"])
+    return out.assign(area_px=out["area_px"] * fx * fy) if "area_px" in out.columns else out
 
 
 def pick_outputs(out: Path, name: str, fm) -> list[Path]:
     "The per-micrograph pick files of micrograph `name`, one per format."
     return [out / f / f"{name}.{f}" for f in fm]
 
-
-def pick_one(path, out: Path, fm, diameter_px: float, threshold: float, box: int, replace: bool, write: bool = True):
-    "The picks of the map `path`, written in each format of `fm` (unless not `write`)."
+# %% ../../nbs/11e_cli_pick.ipynb #70d27eb4
+def pick_one(path, out: Path, fm, opts: dict, replace: bool, write: bool = True):
+    """The picks of the map `path` in its original micrograph's frame (the map's with `opts["binned_frame"]`),
+    written in each format of `fm` (unless not `write`); returns `(picks, their pixel size in Å, threshold)`."""
     from cryoseg.coords import write_particles
     from cryoseg.pick import pick_particles
-    picks = pick_particles(read_probability_map(path), diameter_px, threshold=threshold, micrograph=f"{stem(path)}.mrc")
+    (prob, map_px), rec = read_probability_map(path), read_map_record(path)
+    frame = map_frame(path, prob.shape, rec, map_px)
+    d = map_diameter(path, rec, frame, opts["diameter_px"], opts["diameter_a"])
+    thr = opts["threshold"]
+    if thr is None:
+        thr = float(((rec or {}).get("picking") or {}).get("threshold", 0.5))
+    f = (frame["fx"] + frame["fy"]) / 2
+    edge = None if opts["edge_px"] is None else opts["edge_px"] / f
+    picks = pick_particles(prob, d, threshold=thr, edge_px=edge, micrograph=frame["micrograph"])
+    binned = opts["binned_frame"]
+    if not binned:
+        picks = to_original(picks, frame)
+    px = frame["pixel_size_a"] if binned else frame["original_pixel_size_a"]
     if write:
-        for f, dst in zip(fm, pick_outputs(out, stem(path), fm)):
-            write_particles(dst, picks, fmt=f, overwrite=replace, **(dict(box_size_px=box) if f == "box" else {}))
-    return picks
+        box = opts["box_size_px"] or max(2, round(d if binned else d * f))
+        for fmt, dst in zip(fm, pick_outputs(out, stem(path), fm)):
+            write_particles(dst, picks, fmt=fmt, overwrite=replace, **(dict(box_size_px=box) if fmt == "box" else {}))
+    return picks, px, thr
 
 
-def kept_picks(path, out: Path, fm, diameter_px: float, threshold: float, box: int):
-    "The picks of a micrograph done by an earlier run: its STAR file read back, or picked again without STAR."
-    if "star" not in fm:
-        return pick_one(path, out, fm, diameter_px, threshold, box, False, write=False)
-    from cryoseg.coords import read_particles
-    return read_particles(out / "star" / f"{stem(path)}.star", allow_empty=True)
+def combined_optics(tables: list, sizes: list):
+    "All picks as one table, with one optics group per pixel size (RELION 3.1 `data_optics`); `(table, optics)`."
+    import pandas as pd
+    allp = pd.concat(tables, ignore_index=True)
+    known = sorted({round(float(s), 6) for s in sizes if s})
+    if len(known) <= 1 or any(not s for s in sizes):
+        return allp, (dict(pixel_size_a=known[0]) if len(known) == 1 and all(sizes) else None)
+    group = [known.index(round(float(s), 6)) + 1 for s, t in zip(sizes, tables) for _ in range(len(t))]
+    allp["rlnOpticsGroup"] = group
+    allp.attrs["optics_groups"] = [dict(pixel_size_a=s) for s in known]
+    return allp, None
 
-# %% ../../nbs/11e_cli_pick.ipynb #70d27eb4
-def run_pick(probs: str | Path, out: str | Path, diameter_px: float, threshold: float = 0.5,
+
+def run_pick(probs: str | Path, out: str | Path, diameter_px: float | None = None, diameter_a: float | None = None,
+             threshold: float | None = None, edge_px: float | None = None, binned_frame: bool = False,
              formats="star,box", box_size_px: int | None = None, shard=None, force: bool = False,
              progress: bool = True, argv=None):
-    "Pick particles in every probability map of `probs` (in `shard`); returns the picks as one table."
-    import pandas as pd
-    diameter_px, threshold = check_diameter(diameter_px), check_threshold(threshold)
-    box, out, fm = check_box_size(box_size_px, diameter_px), Path(out), parse_formats(formats)
+    """Pick particles in every probability map of `probs` (in `shard`), in the original micrographs' frame;
+    returns the picks as one table. Diameter and threshold default to the model's (the maps' records)."""
+    if diameter_px is not None and diameter_a is not None:
+        raise ValueError("give --diameter-px or --diameter-a, not both")
+    diameter_px = None if diameter_px is None else check_diameter(diameter_px)
+    diameter_a = None if diameter_a is None else check_diameter(diameter_a, "--diameter-a")
+    threshold = None if threshold is None else check_threshold(threshold)
+    if edge_px is not None and not edge_px >= 0:
+        raise ValueError(f"--edge-px must be >= 0, got {edge_px}")
+    box = None if box_size_px is None else check_box_size(box_size_px, 2)
+    out, fm = Path(out), parse_formats(formats)
     parse_shard(shard)
-    settings = dict(probs=absolute(probs), diameter_px=diameter_px, threshold=threshold, formats=fm, box_size_px=box,
-                    shard=shard)
-    run = FolderRun(out, "pick", settings, inputs=[probs], shard=shard, force=force, argv=argv, progress=progress)
+    opts = dict(diameter_px=diameter_px, diameter_a=diameter_a, threshold=threshold, edge_px=edge_px,
+                binned_frame=bool(binned_frame), box_size_px=box)
+    run = FolderRun(out, "pick", dict(probs=absolute(probs), formats=fm, shard=shard, **opts), inputs=[probs],
+                    shard=shard, force=force, argv=argv, progress=progress)
     maps = shard_items(list_inputs(probs, run), shard)
     combined = out / combined_name(shard)
     with run:
         todo = run.plan(maps, lambda p: pick_outputs(out, stem(p), fm), also=[combined])
-        args = (out, fm, diameter_px, threshold, box)
-        tables = {stem(p): run.attempt(p, kept_picks, p, *args) for p in run.skipped}
+        res = {stem(p): run.attempt(p, pick_one, p, out, fm, opts, False, write=False) for p in run.skipped}
         for p in progress_bar(todo, progress, desc="pick", unit="mic"):
-            tables[stem(p)] = run.attempt(p, pick_one, p, *args, run.replace)
-        done = [tables[k] for k in sorted(tables) if tables[k] is not None]
-        allp = pd.concat(done, ignore_index=True) if done else None
-        if allp is not None:
+            res[stem(p)] = run.attempt(p, pick_one, p, out, fm, opts, run.replace)
+        done = [res[k] for k in sorted(res) if res[k] is not None]
+        allp = None
+        if done:
             from cryoseg.coords import write_particles
-            write_particles(combined, allp, fmt="star", overwrite=run.replace)
-        run.finish(dict(n_micrographs=len(maps), n_picks=0 if allp is None else len(allp)))
+            allp, optics = combined_optics([r[0] for r in done], [r[1] for r in done])
+            write_particles(combined, allp, fmt="star", overwrite=run.replace, optics=optics)
+        run.finish(dict(n_micrographs=len(maps), n_picks=0 if allp is None else len(allp),
+                        thresholds=sorted({r[2] for r in done}), frame="binned" if binned_frame else "original"))
     return allp
 
 # %% ../../nbs/11e_cli_pick.ipynb #12c41afb
@@ -105,8 +193,16 @@ def add_parser(subparsers):
                     description="Pick particle centres in probability maps; writes <out>/star/<name>.star, "
                     "<out>/box/<name>.box (and csv/txt on request) and <out>/particles.star.")
     path_args(p, probs="folder of probability maps (from `cryoseg predict`)", out="output folder")
-    diameter_arg(p, "expected particle diameter in pixels", required=True)
-    threshold_arg(p, "probability threshold")
+    p.add_argument("--diameter-px", type=float, default=None,
+                   help="particle diameter in pixels of the original micrographs (default: the model's)")
+    p.add_argument("--diameter-a", type=float, default=None, help="particle diameter in Å (instead of --diameter-px)")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="probability threshold, strictly between 0 and 1 (default: the one fitted on validation when "
+                   "the model was trained, else 0.5)")
+    p.add_argument("--edge-px", type=float, default=None,
+                   help="drop picks closer than this to the border, in original pixels (default: keep all)")
+    p.add_argument("--binned-frame", action="store_true",
+                   help="write coordinates in the maps' (binned) pixels instead of the original micrographs'")
     p.add_argument("--formats", default="star,box", help="comma-separated among star, box, csv, txt (default star,box)")
     p.add_argument("--box-size-px", type=int, default=None, help="box size for BOX files, a whole number >= 2 (default: the diameter)")
     shard_arg(p)
