@@ -260,7 +260,7 @@ def test_pick_rerun_resumes_other_settings_refused(capsys, tmp_path):
     assert rc == 0, err
     assert star.stat().st_mtime_ns == t0                      # kept, not redone
     rc, _, err = run(capsys, *args, "--threshold", "0.7")
-    assert_one_line_error(rc, err, "other settings (threshold: 0.5 then, 0.7 now)", "--force")
+    assert_one_line_error(rc, err, "other settings (threshold: None then, 0.7 now)", "--force")
     assert star.read_text() == before and star.stat().st_mtime_ns == t0
     rc, _, err = run(capsys, *args, "--force")
     assert rc == 0, err
@@ -637,8 +637,9 @@ def test_predict_unreadable_micrograph_others_done(capsys, tmp_path, tiny_model)
     rc, _, err = run(capsys, *args)
     assert rc == 1, err
     assert "m1b.mrc" in err and "1 of 5 input(s) failed" in err, err
-    done = sorted(p.name for p in (tmp_path / "pred" / "probabilities").iterdir())
+    done = sorted(p.name for p in (tmp_path / "pred" / "probabilities").glob("*.mrc"))
     assert done == ["m0.mrc", "m1.mrc", "m2.mrc", "m3.mrc"]
+    assert sorted(p.stem for p in (tmp_path / "pred" / "probabilities").glob("*.json")) == ["m0", "m1", "m2", "m3"]
     t0 = (tmp_path / "pred" / "probabilities" / "m0.mrc").stat().st_mtime_ns
     (data / "m1b.mrc").unlink()
     rc, _, err = run(capsys, *args)

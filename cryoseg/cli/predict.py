@@ -182,14 +182,14 @@ def run_predict(model: str | Path, data: str | Path, out: str | Path, tile_size:
     mics = shard_items(list_inputs(data, run), shard)
     if not model_path.is_file():
         raise FileNotFoundError(f"{model_path}: model checkpoint not found")
-    scale, picking = model_scale(model_path, no_rescale)
     run.settings = json.loads(json.dumps(dict(
         model=absolute(model_path), model_sha256=file_sha256(model_path), data=absolute(data), tile_size=tile_size,
         overlap=overlap, crf=crf, crf_params=refine and dataclasses.asdict(refine["params"]), shard=shard,
         pixel_size_a=pixel_size_a, no_rescale=no_rescale)))
-    model_px = (scale or {}).get("pixel_size_a")
     with run:
         todo = run.plan(mics, lambda p: predict_outputs(out, stem(p), refine))
+        scale, picking = model_scale(model_path, no_rescale)
+        model_px = (scale or {}).get("pixel_size_a")
         job = dict(out=out, tile_size=tile_size, overlap=overlap, batch_size=batch_size, refine=refine, scale=scale,
                    picking=picking, model=absolute(model_path), replace=run.replace, t_net=Stopwatch(),
                    t_crf=Stopwatch(), device=setup_device(device, threads))
