@@ -13,7 +13,8 @@ from .common import (FolderRun, absolute, add_command, call, check_diameter, che
                                 write_json)
 
 # %% auto #0
-__all__ = ['read_picks', 'evaluate_picks', 'pixel_metrics_folders', 'run_evaluate', 'add_parser', 'run']
+__all__ = ['read_picks', 'evaluate_picks', 'pixel_metrics_folders', 'ranking_metrics', 'micrograph_shapes', 'drop_border',
+           'run_evaluate', 'add_parser', 'run']
 
 # %% ../../nbs/11f_cli_evaluate.ipynb #4caffe4d
 def read_picks(path, run: FolderRun | None = None):
@@ -63,19 +64,66 @@ def pixel_metrics_folders(probs, masks, threshold: float = 0.5, run: FolderRun |
         return None
     return pixel_metrics([p for p, _ in pairs], [m for _, m in pairs])
 
+# %% ../../nbs/11f_cli_evaluate.ipynb #24718227
+def ranking_metrics(picks, truth, diameter_px: float, frac: float = 0.5, micrographs=None):
+    "`(summary, curve)`: AP, best F1 and its threshold, and the PR curve over score thresholds; `(None, None)` without scores."
+    import numpy as np
+    from cryoseg.metrics import average_precision, pr_curve
+    if picks is None or len(picks) == 0 or not np.isfinite(picks["score"].to_numpy(float)).any():
+        return None, None
+    curve = pr_curve(picks, truth, diameter_px, frac=frac, micrographs=micrographs)
+    best = curve.loc[curve["f1"].idxmax()]
+    return dict(ap=average_precision(curve), best_f1=float(best["f1"]), best_threshold=float(best["threshold"])), curve
+
+
+def micrograph_shapes(folder) -> dict:
+    "`{name: (H, W)}` of the micrographs in `folder`, read from the headers (MRC) or image sizes, not the pixels."
+    from PIL import Image
+    from cryoseg.io import list_micrographs, mrc_layout
+    shapes = {}
+    for p in list_micrographs(folder):
+        if p.suffix.lower() in (".mrc", ".mrcs", ".map"):
+            shapes[stem(p)] = tuple(mrc_layout(p)[0][-2:])
+        else:
+            with Image.open(p) as im:
+                shapes[stem(p)] = (im.height, im.width)
+    return shapes
+
+
+def drop_border(table, shapes: dict, edge_px: float, what):
+    "The rows of `table` whose centre is at least `edge_px` from its micrograph's border (`shapes` by name)."
+    import numpy as np
+    if table is None or len(table) == 0:
+        return table
+    names = [stem(m) for m in table["micrograph"]]
+    missing = sorted({n for n in names if n not in shapes})
+    if missing:
+        raise ValueError(f"{what}: no micrograph for {missing[:3]} in --micrographs (needed for --edge-px)")
+    H = np.array([shapes[n][0] for n in names]); W = np.array([shapes[n][1] for n in names])
+    x, y = table["x"].to_numpy(float), table["y"].to_numpy(float)
+    keep = (x >= edge_px) & (y >= edge_px) & (x <= W - 1 - edge_px) & (y <= H - 1 - edge_px)
+    return table[keep].reset_index(drop=True)
+
 # %% ../../nbs/11f_cli_evaluate.ipynb #57466a31
 def run_evaluate(picks: str | Path, truth: str | Path, diameter_px: float, out: str | Path | None = None,
-                 frac: float = 0.5, probs=None, masks=None, threshold: float = 0.5, force: bool = False, argv=None) -> dict:
-    "Picking (and pixel) metrics of `picks` against `truth`; written to `out/metrics.json` when `out` is given."
+                 frac: float = 0.5, probs=None, masks=None, threshold: float = 0.5, edge_px: float | None = None,
+                 micrographs=None, force: bool = False, argv=None) -> dict:
+    """Picking (and pixel) metrics of `picks` against `truth`, with AP and the PR curve when the picks are scored;
+    written to `out/metrics.json` (and `per_micrograph.csv`, `pr_curve.csv`) when `out` is given."""
     import math
     diameter_px, threshold = check_diameter(diameter_px), check_threshold(threshold)
     if not (isinstance(frac, (int, float)) and math.isfinite(frac) and frac > 0):
         raise ValueError(f"--frac must be a finite number > 0 (the match radius in diameters), got {frac}")
     if (probs is None) != (masks is None):
         raise ValueError("pixel metrics need both --probs and --masks")
+    if (edge_px is None) != (micrographs is None):
+        raise ValueError("--edge-px needs --micrographs (the micrographs' shapes), and --micrographs is only for --edge-px")
+    if edge_px is not None and not (math.isfinite(edge_px) and edge_px >= 0):
+        raise ValueError(f"--edge-px must be >= 0, got {edge_px}")
     settings = dict(picks=absolute(picks), truth=absolute(truth), diameter_px=diameter_px, frac=frac,
-                    probs=absolute(probs), masks=absolute(masks), threshold=threshold)
-    files = [] if out is None else [Path(out) / "metrics.json", Path(out) / "per_micrograph.csv"]
+                    probs=absolute(probs), masks=absolute(masks), threshold=threshold, edge_px=edge_px,
+                    micrographs=absolute(micrographs))
+    files = [] if out is None else [Path(out) / f for f in ("metrics.json", "per_micrograph.csv", "pr_curve.csv")]
     with FolderRun(out, "evaluate", settings, inputs=[picks, truth, probs, masks], force=force, argv=argv) as run:
         run.plan([], lambda _: [], also=files)
         (tr, names), (pk, pnames) = read_picks(truth, run), read_picks(picks, run)
@@ -85,11 +133,17 @@ def run_evaluate(picks: str | Path, truth: str | Path, diameter_px: float, out: 
         if not set(pnames) & set(names):
             raise ValueError(f"{picks}: no micrograph names in common with {truth} "
                              f"(e.g. {pnames[:2]} vs {names[:2]})")
+        if edge_px is not None:
+            shapes = micrograph_shapes(micrographs)
+            tr, pk = drop_border(tr, shapes, edge_px, truth), drop_border(pk, shapes, edge_px, picks)
         met, per = evaluate_picks(pk, tr, diameter_px, frac, micrographs=names)
-        metrics = dict(picking=met, **({} if pixel is None else dict(pixel=pixel)))
+        ranking, curve = ranking_metrics(pk, tr, diameter_px, frac, micrographs=names)
+        metrics = dict(picking=dict(met, **(ranking or {})), **({} if pixel is None else dict(pixel=pixel)))
         if out is not None:
             write_json(files[0], metrics)
             write_file(files[1], lambda tmp: per.to_csv(tmp, index=False))
+            if curve is not None:
+                write_file(files[2], lambda tmp: curve.to_csv(tmp, index=False))
         run.finish(dict(n_micrographs=len(names)))
     return metrics
 
@@ -108,6 +162,9 @@ def add_parser(subparsers):
     path_args(p, required=False, probs="probability maps, for pixel metrics (with --masks)",
               masks="true masks (folder or dataset folder), for pixel metrics")
     threshold_arg(p, "probability threshold for pixel metrics")
+    p.add_argument("--edge-px", type=float, default=None,
+                   help="leave out picks and true particles centred closer than this to the border (needs --micrographs)")
+    path_args(p, required=False, micrographs="the micrographs (for their shapes, with --edge-px)")
     path_args(p, required=False, out="output folder (default: print only)")
     return p
 
