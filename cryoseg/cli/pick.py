@@ -8,8 +8,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from .common import (FolderRun, absolute, add_command, call, check_box_size, check_diameter,
-                                check_threshold, diameter_arg, list_inputs, parse_shard, path_args, progress_bar,
-                                shard_arg, shard_items, stem, threshold_arg)
+                                check_threshold, list_inputs, parse_shard, path_args, progress_bar,
+                                shard_arg, shard_items, stem)
 
 # %% auto #0
 __all__ = ['PICK_FORMATS', 'MAP_RECORD_KEYS', 'parse_formats', 'combined_name', 'read_probability_map', 'read_map_record',
