@@ -18,7 +18,7 @@ from .models import TorchvisionSeg, UNet
 from .preprocess import normalize
 
 # %% auto #0
-__all__ = ['min_tile_size', 'predict_tiled']
+__all__ = ['TTA_CHOICES', 'min_tile_size', 'predict_tiled']
 
 # %% ../nbs/06a_predict.ipynb #f7bbb8f8
 def _starts(n: int, tile: int, step: int) -> list[int]:
@@ -144,6 +144,48 @@ def _check_logits(logits: torch.Tensor, x: torch.Tensor, th: int, tw: int) -> No
                          f"{tuple(logits.shape)} for input {tuple(x.shape)}")
 
 
+def _blend(net: nn.Module, src: torch.Tensor, tile_size: int, overlap: int, batch_size: int, amp: bool,
+           progress: bool) -> torch.Tensor:
+    "P(particle) `(H, W)` on `src`'s device: the network over overlapping tiles of `src`, blended (see above)."
+    from tqdm.auto import tqdm
+    dev, (H, W) = src.device, src.shape
+    th, tw = min(int(tile_size), H), min(int(tile_size), W)
+    ov = min(int(overlap), th // 2, tw // 2)           # at most half a tile
+    ys, xs = _starts(H, th, max(th - ov, 1)), _starts(W, tw, max(tw - ov, 1))
+    tiles = [(y, x) for y in ys for x in xs]
+    weight = _TileWeights(H, W, th, tw, ov, dev)
+    use_amp = amp and dev.type == "cuda"
+    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
+    acc = torch.zeros((H, W), dtype=torch.float32, device=dev)
+    for b0 in tqdm(range(0, len(tiles), batch_size), desc="tiles", disable=not progress, unit="batch"):
+        chunk = tiles[b0:b0 + batch_size]
+        x = torch.stack([src[y:y + th, x:x + tw] for y, x in chunk])[:, None]
+        with torch.autocast(device_type=dev.type, dtype=amp_dtype, enabled=use_amp):
+            logits = net(x)
+        _check_logits(logits, x, th, tw)
+        for (y, x0), p in zip(chunk, logits.float().softmax(1)[:, 1]):
+            acc[y:y + th, x0:x0 + tw].addcmul_(weight(y, x0), p)
+    for w, shape in ((_axis_weight(H, th, ys, ov), (H, 1)), (_axis_weight(W, tw, xs, ov), (1, W))):
+        acc.div_(torch.from_numpy(w).to(dev).clamp_min(1e-12).view(shape))   # the summed weight, in place
+    return acc
+
+# %% ../nbs/06a_predict.ipynb #ea4a3e0a
+TTA_CHOICES = ("none", "rot180", "dihedral")
+_TTA_VIEWS = {"none": [(0, False)], "rot180": [(0, False), (2, False)],
+              "dihedral": [(k, f) for f in (False, True) for k in range(4)]}
+
+
+def _view(x: torch.Tensor, k: int, flip: bool) -> torch.Tensor:
+    "`x` rotated by k·90° (then flipped left-right)."
+    x = torch.rot90(x, k, (0, 1))
+    return torch.flip(x, (1,)) if flip else x
+
+
+def _unview(x: torch.Tensor, k: int, flip: bool) -> torch.Tensor:
+    "The inverse of `_view`."
+    return torch.rot90(torch.flip(x, (1,)) if flip else x, -k, (0, 1))
+
+
 def predict_tiled(model: nn.Module,
                   img: np.ndarray,             # micrograph (H, W), raw or normalised
                   tile_size: int = 512,         # tile side in pixels (smaller images: one tile)
@@ -153,14 +195,18 @@ def predict_tiled(model: nn.Module,
                   normalize_input: bool = True, # apply `cryoseg.preprocess.normalize` first, as in training
                   amp: bool = True,             # mixed precision on CUDA
                   progress: bool = False,       # tqdm bar over batches
+                  tta: str = "none",            # test-time symmetry: "none", "rot180" (2 passes), "dihedral" (8)
                   ) -> np.ndarray:
     """P(particle) float32 `(H, W)` of `model` (logits `(b, 2, h, w)`) over a micrograph, by blended tiles.
     The micrograph is moved to `device` once; tiles are cut, predicted and blended there, and only the final
-    map comes back. On the CPU the network runs channels-last, one tile at a time by default."""
-    from tqdm.auto import tqdm
+    map comes back. On the CPU the network runs channels-last, one tile at a time by default. With `tta`, the
+    maps of the rotated (and flipped) micrograph, turned back, are averaged: "rot180" cancels any constant
+    shift the network learned (see below), "dihedral" makes the map equivariant to the square's 8 symmetries."""
     a = np.asarray(img)
     if a.ndim != 2:
         raise ValueError(f"predict_tiled expects a 2D micrograph (H, W), got shape {a.shape}")
+    if tta not in TTA_CHOICES:
+        raise ValueError(f"tta must be one of {TTA_CHOICES}, got {tta!r}")
     dev = get_device(device)
     batch_size = int(batch_size if batch_size is not None else 16 if dev.type == "cuda" else 1)
     if int(tile_size) < 1 or int(overlap) < 0 or batch_size < 1:
@@ -175,25 +221,12 @@ def predict_tiled(model: nn.Module,
     if not normalize_input and not np.isfinite(a).all():
         raise ValueError(f"micrograph contains {int((~np.isfinite(a)).sum())} non-finite pixels (NaN/inf)")
     src = _source(a, dev, normalize_input)
-    th, tw = min(int(tile_size), H), min(int(tile_size), W)
-    ov = min(int(overlap), th // 2, tw // 2)           # at most half a tile
-    ys, xs = _starts(H, th, max(th - ov, 1)), _starts(W, tw, max(tw - ov, 1))
-    tiles = [(y, x) for y in ys for x in xs]
-    weight = _TileWeights(H, W, th, tw, ov, dev)
-    use_amp = amp and dev.type == "cuda"
-    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
+    views = _TTA_VIEWS[tta]
     with _inference_mode(model, dev) as net, torch.inference_mode():
         _check_weights(net)
-        acc = torch.zeros((H, W), dtype=torch.float32, device=dev)
-        for b0 in tqdm(range(0, len(tiles), batch_size), desc="tiles", disable=not progress, unit="batch"):
-            chunk = tiles[b0:b0 + batch_size]
-            x = torch.stack([src[y:y + th, x:x + tw] for y, x in chunk])[:, None]
-            with torch.autocast(device_type=dev.type, dtype=amp_dtype, enabled=use_amp):
-                logits = net(x)
-            _check_logits(logits, x, th, tw)
-            for (y, x0), p in zip(chunk, logits.float().softmax(1)[:, 1]):
-                acc[y:y + th, x0:x0 + tw].addcmul_(weight(y, x0), p)
-        del src, x, logits
-        for w, shape in ((_axis_weight(H, th, ys, ov), (H, 1)), (_axis_weight(W, tw, xs, ov), (1, W))):
-            acc.div_(torch.from_numpy(w).to(dev).clamp_min(1e-12).view(shape))   # the summed weight, in place
-        return to_numpy(acc)
+        acc = None
+        for k, flip in views:
+            p = _unview(_blend(net, _view(src, k, flip).contiguous(), tile_size, overlap, batch_size, amp, progress), k, flip)
+            acc = p if acc is None else acc.add_(p)
+        del src
+        return np.ascontiguousarray(to_numpy(acc.div_(len(views)) if len(views) > 1 else acc))

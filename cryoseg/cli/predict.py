@@ -126,7 +126,7 @@ def predict_one(path, loaded, job: dict) -> None:
     dst = predict_outputs(job["out"], stem(path), job["refine"])
     with job["t_net"]:
         prob = predict_tiled(job["net"], img, tile_size=job["tile_size"], overlap=job["overlap"],
-                             batch_size=job["batch_size"], device=job["device"])
+                             batch_size=job["batch_size"], device=job["device"], tta=job["tta"])
     side = map_record(rec, job)
     write_micrograph(dst[0], prob.astype("float32"), pixel_size_a=rec["pixel_size_a"], overwrite=job["replace"])
     write_json(dst[1], side)
@@ -167,11 +167,14 @@ def model_scale(model_path: Path, no_rescale: bool) -> tuple[dict | None, dict |
 
 def run_predict(model: str | Path, data: str | Path, out: str | Path, tile_size: int = 512, overlap: int = 64,
                 batch_size: int | None = None, crf: str = "none", crf_config=None, crf_set=None,
-                pixel_size_a: float | None = None, no_rescale: bool = False, shard=None,
+                pixel_size_a: float | None = None, no_rescale: bool = False, tta: str = "rot180", shard=None,
                 device=None, threads=None, force: bool = False, progress: bool = True, argv=None) -> dict:
     """Probability maps (and CRF-refined maps) at the model's scale for every micrograph of `data` in `shard`,
     each binned to the model's pixel size first (`load_micrograph`); returns the run's config and timings."""
     check_tiling(tile_size, overlap, batch_size)
+    from cryoseg.predict import TTA_CHOICES
+    if tta not in TTA_CHOICES:
+        raise ValueError(f"--tta {tta!r}: choose one of {', '.join(TTA_CHOICES)}")
     out, model_path = Path(out), Path(model)
     parse_shard(shard)
     if pixel_size_a is not None:
@@ -185,12 +188,12 @@ def run_predict(model: str | Path, data: str | Path, out: str | Path, tile_size:
     run.settings = json.loads(json.dumps(dict(
         model=absolute(model_path), model_sha256=file_sha256(model_path), data=absolute(data), tile_size=tile_size,
         overlap=overlap, crf=crf, crf_params=refine and dataclasses.asdict(refine["params"]), shard=shard,
-        pixel_size_a=pixel_size_a, no_rescale=no_rescale)))
+        pixel_size_a=pixel_size_a, no_rescale=no_rescale, tta=tta)))
     with run:
         todo = run.plan(mics, lambda p: predict_outputs(out, stem(p), refine))
         scale, picking = model_scale(model_path, no_rescale)
         model_px = (scale or {}).get("pixel_size_a")
-        job = dict(out=out, tile_size=tile_size, overlap=overlap, batch_size=batch_size, refine=refine, scale=scale,
+        job = dict(out=out, tile_size=tile_size, overlap=overlap, batch_size=batch_size, refine=refine, scale=scale, tta=tta,
                    picking=picking, model=absolute(model_path), replace=run.replace, t_net=Stopwatch(),
                    t_crf=Stopwatch(), device=setup_device(device, threads))
         if todo:
@@ -221,6 +224,9 @@ def add_parser(subparsers):
     p.add_argument("--batch-size", type=int, default=None, help="tiles per batch (default 1 on CPU, 16 on CUDA)")
     p.add_argument("--pixel-size", dest="pixel_size_a", type=float, default=None, metavar="A",
                    help="micrographs' pixel size in Å (default: each file's header; this overrides it)")
+    p.add_argument("--tta", choices=("none", "rot180", "dihedral"), default="rot180",
+                   help="test-time symmetry: average the maps of the micrograph and of its 180° rotation (rot180, default: "
+                   "cancels a network's shift of the centres, 2x the network time), of all 8 symmetries (dihedral), or none")
     p.add_argument("--no-rescale", action="store_true",
                    help="predict every micrograph at its own scale instead of binning it to the model's pixel size")
     p.add_argument("--crf", choices=CRF_CHOICES, default="none",

@@ -14,8 +14,9 @@ from .common import (add_command, build_config, call, check_out_not_input, check
                                 config_name, output_lock, path_args, setup_device, write_config)
 
 # %% auto #0
-__all__ = ['PICK_THRESHOLDS', 'rank', 'history_figure', 'save_history_figure', 'training_sets', 'validation_truth', 'fit_picking',
-           'picking_record', 'run_train', 'add_parser', 'run']
+__all__ = ['PICK_THRESHOLDS', 'SIM_MICROGRAPHS', 'rank', 'history_figure', 'save_history_figure', 'training_sets',
+           'validation_truth', 'fit_picking', 'picking_record', 'simulation_config', 'simulation_device',
+           'simulated_sets', 'run_train', 'add_parser', 'run']
 
 # %% ../../nbs/11c_cli_train.ipynb #560ac975
 def rank() -> int:
@@ -105,7 +106,7 @@ def fit_picking(model, images, names, truth, diameter_px: float, thresholds=PICK
     from cryoseg.pick import pick_particles
     from cryoseg.predict import predict_tiled
     import pandas as pd
-    probs = [predict_tiled(model, im, tile_size=tile_size, device=device) for im in images]
+    probs = [predict_tiled(model, im, tile_size=tile_size, device=device, tta="rot180") for im in images]  # as predict
     rows = []
     for t in thresholds:
         picks = pd.concat([pick_particles(p, diameter_px, threshold=t, micrograph=n) for p, n in zip(probs, names)],
@@ -118,13 +119,15 @@ def fit_picking(model, images, names, truth, diameter_px: float, thresholds=PICK
                 n_true=int(len(truth)), sweep=rows)
 
 # %% ../../nbs/11c_cli_train.ipynb #26b7765c
-def picking_record(model, va, folder, scale: dict, device, best) -> dict | None:
-    """Fit the picking threshold on the validation set `va` (coordinates in `folder`) and store it in the
-    checkpoint `best`; returns the record, or None (with the reason printed) when it cannot be fitted."""
+def picking_record(model, va, folder, scale: dict, device, best, truth=None) -> dict | None:
+    """Fit the picking threshold on the validation set `va` (coordinates: `truth`, a particle table, else those in
+    `folder`) and store it in the checkpoint `best`; returns the record, or None (with the reason printed) when it
+    cannot be fitted."""
     from cryoseg.train import update_checkpoint
     why = ("no validation micrographs (--val or label --val-fraction)" if va is None else
            "no particle diameter in dataset.json" if not scale.get("diameter_px") else None)
-    truth = None if why else validation_truth(folder, va.names)
+    if truth is None and not why:
+        truth = validation_truth(folder, va.names)
     if why is None and truth is None:
         why = f"no coordinates for the validation micrographs in {folder}"
     if why:
@@ -137,30 +140,110 @@ def picking_record(model, va, folder, scale: dict, device, best) -> dict | None:
           f"on {rec['n_micrographs']} micrograph(s)), stored in {best}")
     return rec
 
+# %% ../../nbs/11c_cli_train.ipynb #738c8881
+SIM_MICROGRAPHS = 8      # micrographs simulated per epoch when the config does not say
+
+
+def simulation_config(path) -> tuple:
+    """`(SimConfig, n_micrographs per epoch or None)` from the JSON file `path`: `SimConfig` fields plus an optional
+    `"n_micrographs"`, or an earlier run's record (`cryoseg-simulate.json`, `cryoseg-train.json`: its `config.sim`).
+    Read with `build_config` (unknown fields listed); any problem is one `ValueError` naming the file."""
+    import json
+    from cryoseg.simulate import SimConfig
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"{p}: --simulate config file not found")
+    try:
+        d = json.loads(p.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{p}: not valid JSON ({e})") from None
+    n = None
+    if isinstance(d, dict) and "command" in d and isinstance(d.get("config"), dict):   # a run's record
+        n, d = d["config"].get("n_micrographs"), d["config"].get("sim")
+    if not isinstance(d, dict):
+        raise ValueError(f"{p}: expected a JSON object of SimConfig fields (and \"n_micrographs\")")
+    d = dict(d)
+    n = d.pop("n_micrographs", n)
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+        raise ValueError(f"{p}: n_micrographs must be an integer >= 1, got {n!r}")
+    try:
+        return build_config(SimConfig, sets=d), n
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"{p}: {' '.join(str(e).split())}") from None
+
+
+def simulation_device(sim_device=None, device=None):
+    "Where to simulate: `sim_device`, else the training `device` (CUDA when present); under torchrun, this rank's GPU."
+    from cryoseg.core import get_device
+    dev = get_device(sim_device or device)
+    if dev.type == "cuda" and dev.index is None and "LOCAL_RANK" in os.environ:
+        dev = get_device(f"cuda:{int(os.environ['LOCAL_RANK'])}")
+    return dev
+
+
+def simulated_sets(simulate, cfg, val=None, sim_val: int = 2, sim_device=None):
+    """`(train, val, scale, truth, record)` for `--simulate`: the `SimulatedDataset` of the config file `simulate`
+    (crops as `TrainConfig` `cfg` says), the validation `FolderData` (`val`'s, else `sim_val` micrographs of the
+    held-out stream), the simulation's scale, the validation truth (None: in `val`'s coordinates) and the record."""
+    import pandas as pd
+    from cryoseg.cli.common import absolute, read_dataset_info
+    from cryoseg.data import FolderData, SimulatedDataset, load_folder, simulated_micrographs
+    sim, n = simulation_config(simulate)
+    if val is None and int(sim_val) < 1:
+        raise ValueError(f"--sim-val must be >= 1 (simulated validation micrographs), got {sim_val}")
+    dev = simulation_device(sim_device, cfg.device)
+    tr = SimulatedDataset(sim, n_micrographs=n or SIM_MICROGRAPHS, crop_size=cfg.crop_size,
+                          length=cfg.samples_per_epoch, p_particle=cfg.p_particle, seed=cfg.seed, device=dev)
+    scale, truth = tr.scale, None
+    if val is not None:
+        va = load_folder(val)
+        vs = _folder_scale(read_dataset_info(val), va, val)
+        for k, unit in (("pixel_size_a", "Å/px"), ("diameter_px", "px")):
+            if vs[k] and abs(vs[k] / scale[k] - 1) > 0.02:
+                raise ValueError(f"{val}: {k} {vs[k]:g} {unit}, but the simulation {simulate} has {scale[k]:g} {unit}; "
+                                 "validate at the simulation's scale (or use --sim-val)")
+    else:
+        res = simulated_micrographs(sim, int(sim_val), cfg.seed, volume=tr.volume, device=dev)
+        va = FolderData([r.image for r in res], [r.mask for r in res], [r.params["name"] for r in res],
+                        [sim.pixel_size_a] * len(res))
+        truth = pd.concat([r.particles for r in res], ignore_index=True)
+    record = dict(simulate=absolute(simulate), sim=sim.to_dict(), n_micrographs=tr.n_micrographs,
+                  sim_val=None if val is not None else int(sim_val), sim_device=str(dev))
+    return tr, va, scale, truth, record
+
 # %% ../../nbs/11c_cli_train.ipynb #6342c711
 def run_train(data, out, val=None, model: str = "unet", epochs: int | None = None, batch_size: int | None = None,
               lr: float | None = None, config=None, sets=None, init: str | Path | None = None, resume: bool = False,
-              seed: int = 0, device=None, threads=None, force: bool = False, progress: bool = True, argv=None) -> Path:
-    """Train on the dataset folder `data` (micrographs/ + masks/), validating on `val`; returns the best
-    checkpoint's path (`out/best.pt`). `init`: start from this checkpoint's weights (`TrainConfig.init_checkpoint`,
-    fine-tuning). Under `torchrun` every process runs this and `fit` uses DDP."""
+              seed: int = 0, device=None, threads=None, force: bool = False, progress: bool = True, argv=None,
+              simulate=None, sim_val: int = 2, sim_device=None) -> Path:
+    """Train on the dataset folder `data` (micrographs/ + masks/) or, with `data=None`, on micrographs simulated
+    afresh every epoch from the config file `simulate` (`simulated_sets`), validating on `val` (with `simulate`
+    and no `val`: `sim_val` held-out simulated micrographs); returns the best checkpoint's path (`out/best.pt`).
+    `init`: start from this checkpoint's weights (`TrainConfig.init_checkpoint`, fine-tuning). Under `torchrun` every process runs this and `fit` uses DDP."""
     out = Path(out)
+    if (data is None) == (simulate is None):
+        raise ValueError("--data and --simulate exclude each other: train on a dataset folder or on fresh simulations"
+                         if data is not None else "no training data: give --data FOLDER or --simulate CONFIG.json")
     if init is not None and not Path(init).is_file():
         raise FileNotFoundError(f"{init}: --init checkpoint not found")
     from cryoseg.train import TrainConfig, fit
     cfg = build_config(TrainConfig, config, sets, section="train", model=model, epochs=epochs, batch_size=batch_size,
                        lr=lr, seed=seed, device=device, out_dir=str(out), overwrite=force, progress=progress,
                        init_checkpoint=None if init is None else str(init), resume=resume or None)
-    check_out_not_input(out, data, val, init)
+    check_out_not_input(out, data, val, init, simulate)
     with output_lock(out, "train", argv=argv) if rank() == 0 else contextlib.nullcontext():  # rank 0 writes
         check_outputs([out / "best.pt", out / "last.pt", out / config_name("train")], force or cfg.resume)
         setup_device(None, threads)
-        tr, va, scale = training_sets(data, val)
+        if simulate is None:
+            tr, va, scale = training_sets(data, val)
+            train, truth, sim = (tr.images, tr.masks), None, dict(n_train=len(tr.names))
+        else:
+            train, va, scale, truth, sim = simulated_sets(simulate, cfg, val, sim_val, sim_device)
         t0 = time.perf_counter()
-        res = fit(cfg, (tr.images, tr.masks), None if va is None else (va.images, va.masks), scale=scale)
+        res = fit(cfg, train, None if va is None else (va.images, va.masks), scale=scale)
         if rank() == 0:
-            picking = picking_record(res["model"], va, val or data, scale, cfg.device, out / "best.pt")
-            write_config(out, "train", dict(data=data, val=val, out=out, train=cfg, n_train=len(tr.names),
+            picking = picking_record(res["model"], va, val or data, scale, cfg.device, out / "best.pt", truth=truth)
+            write_config(out, "train", dict(data=data, val=val, out=out, train=cfg, **sim,
                                             n_val=0 if va is None else len(va.names), best_epoch=res["best_epoch"],
                                             best_metrics=res["best_metrics"], stopped_early=res["stopped_early"],
                                             scale=scale, picking=picking, seconds=time.perf_counter() - t0), force=True, argv=argv)
@@ -171,10 +254,19 @@ def run_train(data, out, val=None, model: str = "unet", epochs: int | None = Non
 def add_parser(subparsers):
     "`cryoseg train`."
     p = add_command(subparsers, "train", run, help="train a segmentation model",
-                    description="Train a segmentation model on dataset folders (micrographs/ + masks/). "
+                    description="Train a segmentation model on dataset folders (micrographs/ + masks/), or on "
+                    "micrographs simulated afresh every epoch (--simulate). "
                     "Writes <out>/best.pt, <out>/last.pt, history and the config.\n\n"
                     "Several GPUs: torchrun --nproc_per_node N -m cryoseg.cli train --data ... --out ...")
-    path_args(p, data="training dataset folder")
+    g = p.add_argument_group("training data (one of)")
+    g.add_argument("--data", default=None, help="training dataset folder")
+    g.add_argument("--simulate", metavar="CONFIG.json", default=None,
+                   help="train on fresh simulated micrographs every epoch: a JSON file of SimConfig fields, plus "
+                   f"optional \"n_micrographs\" per epoch (default {SIM_MICROGRAPHS}); or a cryoseg-simulate.json")
+    g.add_argument("--sim-val", type=int, default=2, metavar="N",
+                   help="with --simulate and no --val: validate on N held-out simulated micrographs (default 2)")
+    g.add_argument("--sim-device", default=None,
+                   help="with --simulate: simulate on this torch device (default: the training device)")
     path_args(p, required=False, val="validation dataset folder (default: none)")
     path_args(p, out="output folder for checkpoints and history")
     p.add_argument("--model", default="unet", help="model name (default unet; see cryoseg.models.MODEL_NAMES)")
