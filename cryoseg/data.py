@@ -17,7 +17,7 @@ from .io import list_micrographs, read_mask, read_micrograph
 from .preprocess import downsample, normalize
 
 # %% auto #0
-__all__ = ['IGNORE_INDEX', 'Augment', 'SegDataset', 'FolderData', 'load_folder']
+__all__ = ['IGNORE_INDEX', 'Augment', 'SegDataset', 'FolderData', 'load_folder', 'simulated_micrographs', 'SimulatedDataset']
 
 # %% ../nbs/04_data.ipynb #ab60868a
 IGNORE_INDEX = -100   # label of padded pixels; ignored by the loss (as in nn.CrossEntropyLoss) and metrics
@@ -283,3 +283,108 @@ def load_folder(root: str | Path, names: Sequence[str] | None = None) -> FolderD
         img, m = _check_pair(img, m, str(mf))
         out.images.append(img); out.masks.append(m); out.names.append(f.stem); out.pixel_sizes_a.append(ps)
     return out
+
+# %% ../nbs/04_data.ipynb #3778d109
+_TRAIN_STREAM, _VAL_STREAM = 0, 1     # seed streams: the training epochs, the held-out validation set
+
+
+def simulated_micrographs(cfg, n: int, seed: int = 0, epoch: int | None = None,
+                          volume: np.ndarray | None = None, device="cpu") -> list:
+    """`n` micrographs simulated with `cfg` (`cryoseg.simulate.simulate_micrograph`): those of training epoch
+    `epoch` (micrograph k from `SeedSequence([seed, 0, epoch, k])`, named `sim_e<epoch>_<k>`) or, with
+    `epoch=None`, a validation set (`SeedSequence([seed, 1, 0, k])`, `sim_val_<k>`) that no epoch shares.
+    `volume` None: the built-in particle of `cfg`; `device`: where to simulate (CPU by default). Returns the
+    `cryoseg.simulate.SimResult`s."""
+    from cryoseg.simulate import simulate_micrograph
+    from cryoseg.volumes import make_volume
+    if int(n) < 1: raise ValueError(f"n_micrographs must be >= 1, got {n}")
+    if not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
+    if volume is None:
+        volume = make_volume(cfg.volume_kind, cfg.box_size, cfg.pixel_size_a, cfg.diameter_a, cfg.volume_seed)
+    stream, e = (_VAL_STREAM, 0) if epoch is None else (_TRAIN_STREAM, int(epoch))
+    out = []
+    for k in range(int(n)):
+        rng = np.random.default_rng(np.random.SeedSequence([int(seed), stream, e, k]))
+        name = f"sim_val_{k:04d}" if epoch is None else f"sim_e{e:04d}_{k:04d}"
+        out.append(simulate_micrograph(volume, cfg, seed=rng, device=device, name=name))
+    return out
+
+# %% ../nbs/04_data.ipynb #6b491d30
+class SimulatedDataset(torch.utils.data.Dataset):
+    "`SegDataset` crops of `n_micrographs` micrographs simulated afresh for every epoch (`set_epoch`)."
+    def __init__(self,
+                 cfg=None,                      # the simulation (`cryoseg.simulate.SimConfig`; None: its defaults)
+                 n_micrographs: int = 8,        # micrographs simulated per epoch
+                 crop_size: int = 96,           # side of the square crops (px)
+                 length: int | None = 128,      # crops per epoch (None: a grid's worth of the micrographs)
+                 p_particle: float = 0.7,       # share of crops placed on a particle
+                 augment: bool | Augment = True,
+                 seed: int = 0,                 # micrograph k of epoch e: `simulated_micrographs(..., seed, e)`
+                 volume: np.ndarray | None = None,  # the particle, sampled at cfg.pixel_size_a (None: built-in)
+                 device=None,                   # simulate here (e.g. "cuda"); None: the CPU
+                 ):
+        from cryoseg.simulate import SimConfig
+        from cryoseg.volumes import make_volume
+        self.cfg = SimConfig() if cfg is None else cfg
+        if not isinstance(self.cfg, SimConfig):
+            raise TypeError(f"cfg must be a cryoseg.simulate.SimConfig, got {type(cfg).__name__}")
+        if int(n_micrographs) < 1: raise ValueError(f"n_micrographs must be >= 1, got {n_micrographs}")
+        _check_crops("random", crop_size, p_particle)
+        if isinstance(seed, np.random.Generator) or seed is None:
+            seed = int(as_generator(seed).integers(2**31))
+        if not isinstance(seed, (int, np.integer)) or seed < 0:
+            raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
+        self.n_micrographs, self.crop_size, self.p_particle = int(n_micrographs), int(crop_size), float(p_particle)
+        self.augment, self.seed, self.device = _as_augment(augment), int(seed), "cpu" if device is None else device
+        c = self.cfg
+        self.volume = (make_volume(c.volume_kind, c.box_size, c.pixel_size_a, c.diameter_a, c.volume_seed)
+                       if volume is None else np.asarray(volume, np.float32))
+        tiles = -(-c.shape[0] // self.crop_size) * -(-c.shape[1] // self.crop_size)
+        self.length = self.n_micrographs * tiles if length is None else int(length)
+        if self.length < 1: raise ValueError(f"length must be >= 1, got {length}")
+        self.epoch, self._at, self._crops, self.particles, self.params = 0, None, None, None, []
+
+    def _simulate(self) -> None:
+        "Simulate this epoch's micrographs, unless they are there already."
+        if self._at == self.epoch:
+            return
+        import pandas as pd
+        res = simulated_micrographs(self.cfg, self.n_micrographs, self.seed, self.epoch, self.volume, self.device)
+        self._crops = SegDataset([r.image for r in res], [r.mask for r in res], self.crop_size, length=self.length,
+                                 p_particle=self.p_particle, augment=self.augment, seed=self.seed,
+                                 names=[r.params["name"] for r in res])
+        self._crops.set_epoch(self.epoch)
+        self.params = [r.params for r in res]
+        self.particles = pd.concat([r.particles for r in res], ignore_index=True)
+        self._at = self.epoch
+
+    def set_epoch(self, epoch: int) -> None:
+        "Simulate the micrographs of epoch `epoch` (in this process: call it before the DataLoader iterates)."
+        self.epoch = int(epoch)
+        self._simulate()
+
+    @property
+    def crops(self) -> SegDataset:
+        "The `SegDataset` over this epoch's micrographs (normalised `images`, `masks`, `names`)."
+        self._simulate()
+        return self._crops
+
+    @property
+    def scale(self) -> dict:
+        "The training data's scale for the checkpoints (`cryoseg.train.checkpoint_scale` fields)."
+        self._simulate()
+        d = float(self.params[0]["diameter_px"])
+        return dict(pixel_size_a=float(self.cfg.pixel_size_a), diameter_px=d,
+                    diameter_a=float(self.cfg.pixel_size_a) * d, bin_factor=1.0)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, i: int):
+        return self.crops[i]
+
+    def __repr__(self) -> str:
+        return (f"SimulatedDataset({self.n_micrographs} micrographs {self.cfg.shape} per epoch, {self.length} crops "
+                f"of {self.crop_size}², p_particle={self.p_particle}, augment={self.augment}, seed={self.seed}, "
+                f"device={self.device})")

@@ -176,14 +176,15 @@ _TTA_VIEWS = {"none": [(0, False)], "rot180": [(0, False), (2, False)],
 
 
 def _view(x: torch.Tensor, k: int, flip: bool) -> torch.Tensor:
-    "`x` rotated by k·90° (then flipped left-right)."
-    x = torch.rot90(x, k, (0, 1))
+    "`x` rotated by k·90° (then flipped left-right); `x` itself for the identity (no copy)."
+    x = torch.rot90(x, k, (0, 1)) if k % 4 else x
     return torch.flip(x, (1,)) if flip else x
 
 
 def _unview(x: torch.Tensor, k: int, flip: bool) -> torch.Tensor:
     "The inverse of `_view`."
-    return torch.rot90(torch.flip(x, (1,)) if flip else x, -k, (0, 1))
+    x = torch.flip(x, (1,)) if flip else x
+    return torch.rot90(x, -k, (0, 1)) if k % 4 else x
 
 
 def predict_tiled(model: nn.Module,
