@@ -16,7 +16,7 @@ from .core import check_image, check_positive
 from .particles import make_particles
 
 # %% auto #0
-__all__ = ['find_peaks', 'split_touching_reference', 'pick_particles']
+__all__ = ['find_peaks', 'split_touching_reference', 'pick_particles', 'find_peaks_torch', 'pick_particles_torch']
 
 # %% ../nbs/08_pick.ipynb #c8918aba
 def _probability_map(prob) -> np.ndarray:
@@ -193,6 +193,15 @@ def _placement_ok(x: np.ndarray, y: np.ndarray, shape: tuple, edge_px: float | N
     return keep
 
 # %% ../nbs/08_pick.ipynb #9f36a4fd
+def _check_pick_options(diameter_px, score, min_distance_frac, min_area_frac, max_area_frac) -> None:
+    "The checks of `pick_particles`' options (both paths): a ValueError naming the bad one."
+    check_positive(diameter_px, "diameter_px")
+    if score not in ("mean", "max"):
+        raise ValueError(f"score must be 'mean' or 'max', got {score!r}")
+    if min_distance_frac < 0 or min_area_frac < 0 or (max_area_frac is not None and max_area_frac <= 0):
+        raise ValueError("min_distance_frac and min_area_frac must be >= 0 and max_area_frac > 0")
+
+
 def pick_particles(
     prob: np.ndarray,                   # (H, W) P(particle) or (2, H, W) softmax (background, particle)
     diameter_px: float,                 # expected particle diameter in pixels
@@ -205,15 +214,15 @@ def pick_particles(
     micrograph: str = "",               # name written into the table
     split: bool = True,                 # split touching particles (distance transform + watershed)
     score: str = "mean",                # "mean" or "max" probability in the region
+    device=None,                        # a torch device: steps 1-4 there (`pick_particles_torch`); a CUDA tensor too
 ) -> pd.DataFrame:
     """Particle centres from a probability map, as a particles table (`cryoseg.particles.make_particles`):
     columns micrograph, x, y (px), score, diameter_px, area_px; sorted by decreasing score."""
+    if device is not None or getattr(getattr(prob, "device", None), "type", None) == "cuda":
+        return pick_particles_torch(prob, diameter_px, threshold, min_distance_frac, min_area_frac, max_area_frac,
+                                    edge_px, junk_mask, micrograph, split, score, device)
     p = _probability_map(prob)
-    check_positive(diameter_px, "diameter_px")
-    if score not in ("mean", "max"):
-        raise ValueError(f"score must be 'mean' or 'max', got {score!r}")
-    if min_distance_frac < 0 or min_area_frac < 0 or (max_area_frac is not None and max_area_frac <= 0):
-        raise ValueError("min_distance_frac and min_area_frac must be >= 0 and max_area_frac > 0")
+    _check_pick_options(diameter_px, score, min_distance_frac, min_area_frac, max_area_frac)
     junk = None if junk_mask is None else np.asarray(junk_mask)
     if junk is not None and junk.shape != p.shape:
         raise ValueError(f"junk_mask shape {junk.shape} differs from prob shape {p.shape}")
@@ -228,6 +237,299 @@ def pick_particles(
     x, y, area, sc = _region_stats(p, lab, n, idx, score)                    # step 4
     keep = _size_ok(area, diameter_px, min_area_frac, max_area_frac)          # step 5
     keep &= _placement_ok(x, y, p.shape, edge_px, None if junk is None else junk != 0)   # step 6
+    order = np.argsort(-sc[keep], kind="stable")
+    return make_particles(x[keep][order], y[keep][order], score=sc[keep][order], micrograph=micrograph,
+                          diameter_px=diameter_px, area_px=area[keep][order])
+
+# %% ../nbs/08_pick.ipynb #953b8750
+def _as_tensor(a, device=None, dtype=None):
+    "`a` (numpy or torch) as a tensor on `device` (None: a tensor's own device; for numpy `core.get_device()`)."
+    import torch
+    from cryoseg.core import get_device
+    if hasattr(a, "detach"):
+        t = a.detach()
+        return t.to(t.device if device is None else get_device(device), dtype or t.dtype)
+    t = torch.as_tensor(np.require(a, requirements=["C", "W"]))   # a copy only if read-only or strided
+    return t.to(get_device(device), dtype or t.dtype)
+
+
+def _probability_tensor(prob, device=None):
+    "`_probability_map` for the device path: a checked (H, W) float32 tensor on `device`."
+    import torch
+    p = _as_tensor(prob, device, torch.float32)
+    if p.ndim == 3 and p.shape[0] == 2:
+        p = p[1]
+    if p.ndim != 2:
+        raise ValueError(f"prob must be (H, W) P(particle) or (2, H, W) softmax, got shape {tuple(p.shape)}")
+    if not bool(torch.isfinite(p).all()):
+        raise ValueError("prob contains NaN or infinite values")
+    return p.contiguous()
+
+
+def _shift(t, dy: int, dx: int, fill):
+    "`t` (H, W) moved so that `out[y, x] = t[y + dy, x + dx]`; `fill` where that falls outside the image."
+    import torch
+    H, W = t.shape
+    out = torch.full_like(t, fill)
+    y0, y1, x0, x1 = max(0, -dy), min(H, H - dy), max(0, -dx), min(W, W - dx)
+    if y1 > y0 and x1 > x0:
+        out[y0:y1, x0:x1] = t[y0 + dy:y1 + dy, x0 + dx:x1 + dx]
+    return out
+
+
+def _fixpoint(step, x, check_every: int = 4):
+    """Apply `step` to the tensor `x` until it no longer changes; tested every `check_every` steps (each test is
+    one wait for the device). Every loop here is monotone, so `step` applied k times giving `x` back is a fixpoint."""
+    import torch
+    while True:
+        y = x
+        for _ in range(check_every):
+            y = step(y)
+        if torch.equal(y, x):
+            return y
+        x = y
+
+# %% ../nbs/08_pick.ipynb #6905e7c8
+def _components_torch(fg):
+    """4-connected components of the bool (H, W) tensor `fg`, on its device: `(idx, root)`, the flat indices of the
+    foreground pixels (raster order) and, for each, the position in `idx` of its component's first pixel."""
+    import torch
+    H, W = fg.shape
+    idx = torch.nonzero(fg.reshape(-1))[:, 0]
+    pos = torch.full((H, W), -1, dtype=torch.int64, device=fg.device)
+    pos.view(-1)[idx] = torch.arange(len(idx), device=fg.device)
+    nbs = [_shift(pos, dy, dx, -1).view(-1)[idx] for dy, dx in ((1, 0), (-1, 0), (0, 1), (0, -1))]
+    nbs = [(nb >= 0, nb.clamp(min=0)) for nb in nbs]
+
+    def step(root):
+        new = root
+        for ok, nb in nbs:
+            new = torch.minimum(new, torch.where(ok, root[nb], new))
+        return new[new][new]                                           # pointer jumping
+    return idx, _fixpoint(step, torch.arange(len(idx), device=fg.device))
+
+# %% ../nbs/08_pick.ipynb #8868e7a9
+def _edt2_torch(fg):
+    """Squared Euclidean distance (int64 (H, W)) from each pixel of the bool (H, W) tensor `fg` to the nearest
+    background pixel (the image border is not background), exactly: `ndimage.distance_transform_edt(fg) ** 2`,
+    and the reference's distance map of each component (in its box grown by 1 px). 0 on the background."""
+    import torch
+    H, W = fg.shape
+    big = H + W
+    cols = torch.arange(W, device=fg.device).expand(H, W)
+    left = torch.cummax(torch.where(fg, -big, cols), 1).values
+    right = torch.flip(torch.cummin(torch.flip(torch.where(fg, 2 * big, cols), [1]), 1).values, [1])
+    g2 = torch.minimum(cols - left, right - cols).clamp(max=big) ** 2      # rows; `big`: no background in the row
+    d2 = g2.clone()
+    for dy in range(1, H):                                                   # columns: rows dy apart
+        if dy % 8 == 1 and dy * dy >= int(d2.max()):                        # no farther row can be nearer
+            break
+        torch.minimum(d2[:-dy], dy * dy + g2[dy:], out=d2[:-dy])            # the row dy below
+        torch.minimum(d2[dy:], dy * dy + g2[:-dy], out=d2[dy:])             # the row dy above
+    return d2
+
+# %% ../nbs/08_pick.ipynb #bd8c83e5
+def _window_max(a, w: int, labels=None):
+    """Maximum of `a` ((H, W) tensor) over each pixel's `w × w` window, as `ndimage.maximum_filter(a, w,
+    mode="nearest")`; with `labels`, over the window's pixels of the same label only."""
+    import torch
+    import torch.nn.functional as F
+    lo, hi = w // 2, (w - 1) // 2                          # scipy's window for size w: [i - w//2, i + (w-1)//2]
+    if labels is None:
+        pad = F.pad(a[None, None].double(), (lo, hi, lo, hi), value=-np.inf)
+        return F.max_pool2d(pad, w, stride=1)[0, 0].to(a.dtype)
+    low = torch.finfo(a.dtype).min if a.dtype.is_floating_point else torch.iinfo(a.dtype).min
+    out = a.clone()
+    for dy in range(-lo, hi + 1):
+        for dx in range(-lo, hi + 1):
+            same = _shift(labels, dy, dx, -2) == labels
+            out = torch.maximum(out, torch.where(same, _shift(a, dy, dx, low), low))
+    return out
+
+
+def _close_pairs(pts, md: float, shape, labels=None):
+    """`(i, j)` int64 tensors: the pairs of candidates `pts` ((k, 2) (row, col), best first) with i < j closer than
+    `md` (Euclidean distance <= md - 1e-9, as `find_peaks`), and of the same label if `labels` is given."""
+    import torch
+    H, W = shape
+    dev, r = pts.device, int(np.floor(md))
+    oy, ox = np.mgrid[-r:r + 1, -r:r + 1]
+    near = (np.hypot(oy, ox) <= md - 1e-9) & ((oy != 0) | (ox != 0))
+    off = torch.as_tensor(np.stack([oy[near], ox[near]], 1), device=dev)
+    rank = torch.full((H, W), -1, dtype=torch.int64, device=dev)
+    rank[pts[:, 0], pts[:, 1]] = torch.arange(len(pts), device=dev)
+    ii, jj, step = [], [], max(1, 2**22 // max(len(off), 1))              # chunks of <= 4M lookups
+    for s in range(0, len(pts), step):
+        q = pts[s:s + step, None, :] + off[None]
+        inside = (q[..., 0] >= 0) & (q[..., 0] < H) & (q[..., 1] >= 0) & (q[..., 1] < W)
+        j = torch.where(inside, rank[q[..., 0].clamp(0, H - 1), q[..., 1].clamp(0, W - 1)], -1)
+        i = torch.arange(s, s + len(q), device=dev)[:, None].expand_as(j)
+        ok = j > i
+        if labels is not None:
+            pj = pts[j.clamp(min=0)]
+            ok &= labels[pts[i, 0], pts[i, 1]] == labels[pj[..., 0], pj[..., 1]]
+        ii.append(i[ok])
+        jj.append(j[ok])
+    return torch.cat(ii), torch.cat(jj)
+
+# %% ../nbs/08_pick.ipynb #8cfc50a1
+def find_peaks_torch(
+    a,                                # (H, W) tensor (or array) on the device: a distance map, a filter response ...
+    min_distance_px: float,           # as `find_peaks`
+    threshold: float | None = None,
+    edge_px: float | None = None,
+    max_peaks: int | None = None,
+    window_px: int | None = None,
+    labels=None,                      # (H, W) int tensor: peaks of each label on their own (windows, spacing)
+    device=None,                      # None: the tensor's device (an array: CUDA when present)
+):
+    """`find_peaks` on a torch device: (k, 2) int64 tensor of (row, col), best first (ties in raster order), the same
+    peaks as `find_peaks(a, ...)`, found by max-pooling non-maximum suppression and parallel greedy spacing."""
+    import torch
+    a = _as_tensor(a, device)
+    md = max(float(min_distance_px), 1.0)
+    none = torch.zeros((0, 2), dtype=torch.int64, device=a.device)
+    if a.numel() == 0:
+        return none
+    thr = a.min() if threshold is None else threshold
+    if a.numel() == 1:
+        cand = a > thr
+    else:
+        cand = a == _window_max(a, 2 * int(md) + 1 if window_px is None else window_px, labels)
+        if labels is None and bool(cand.all()):                             # a constant map has no peaks
+            return none
+        cand &= a > thr
+    pts = torch.nonzero(cand)                                                # raster order
+    if len(pts) == 0:
+        return none
+    pts = pts[torch.sort(a[pts[:, 0], pts[:, 1]], descending=True, stable=True).indices]
+    ii, jj = _close_pairs(pts, md, a.shape, labels)
+
+    def step(keep):                     # kept: no kept better candidate closer than md
+        gone = torch.zeros_like(keep)
+        gone[jj[keep[ii]]] = True
+        return ~gone
+    pts = pts[_fixpoint(step, torch.ones(len(pts), dtype=torch.bool, device=a.device), check_every=1)]
+    if edge_px:
+        H, W = a.shape
+        r, c = pts[:, 0], pts[:, 1]
+        pts = pts[(r >= edge_px) & (c >= edge_px) & (r <= H - 1 - edge_px) & (c <= W - 1 - edge_px)]
+    return pts[:max_peaks] if max_peaks else pts
+
+# %% ../nbs/08_pick.ipynb #577e3745
+def _flood(idx, d2, markers, shape):
+    """`watershed(-dist, markers)` over the pixels `idx` ((n,) flat indices, whole components) of an image of `shape`,
+    in parallel: `d2` (n,) squared distances, `markers` positions in `idx` (labels 0..k-1 in that order).
+    Returns the label of each pixel (int64 (n,)); ties between floods are broken breadth-first."""
+    import torch
+    H, W = shape
+    dev, n = idx.device, len(idx)
+    pos = torch.full((H * W,), -1, dtype=torch.int64, device=dev)
+    pos[idx] = torch.arange(n, device=dev)
+    nbs = [_shift(pos.view(H, W), dy, dx, -1).view(-1)[idx] for dy, dx in ((-1, 0), (0, -1), (0, 1), (1, 0))]
+    ok, nb = torch.stack([b >= 0 for b in nbs]), torch.stack([b.clamp(min=0) for b in nbs])   # (4, n)
+    INF = torch.iinfo(torch.int64).max
+    value = d2.max() - d2                                    # the flood's level: 0 at the highest peak
+    src = torch.zeros(n, dtype=torch.bool, device=dev)
+    src[markers] = True
+
+    def relax_cost(cost):                                    # 1. minimax path cost from the markers (exact)
+        c = torch.where(ok, cost[nb], INF).amin(0)
+        return torch.where(src, cost, torch.where(c < INF, torch.maximum(c, value), INF))
+    cost = _fixpoint(relax_cost, torch.where(src, value, INF))
+    first = src | (ok & (cost[nb] < cost)).any(0)            # 2. arrival within a level: breadth-first
+
+    def relax_age(age):
+        a = torch.where(ok & (cost[nb] == cost), age[nb], INF).amin(0)
+        return torch.where(first, age, torch.where(a < INF, a + 1, INF))
+    age = _fixpoint(relax_age, torch.where(first, 0, INF))
+    key = torch.where(ok, (cost * (n + 1) + age)[nb], INF)   # 3. the neighbour served first, then its marker
+    parent = torch.where(src, torch.arange(n, device=dev), nb.gather(0, key.argmin(0, keepdim=True))[0])
+    parent = _fixpoint(lambda p: p[p], parent)
+    lab = torch.full((n,), -1, dtype=torch.int64, device=dev)
+    lab[markers] = torch.arange(len(markers), device=dev)
+    return lab[parent]
+
+# %% ../nbs/08_pick.ipynb #877a4f50
+def _regions_torch(p, threshold: float, min_distance_px: float, min_area_px: float, split: bool):
+    """Steps 1-3 on `p`'s device: `(idx, region, n)`, the flat indices of the pixels in kept regions and their region
+    (0..n-1: components in `ndimage.label` order; the pieces of a split component in the order of its peaks)."""
+    import torch
+    H, W = p.shape
+    idx, root = _components_torch(p > threshold)
+    area = torch.bincount(root, minlength=len(idx))
+    big = area[root] >= (min_area_px if split else 0)          # a smaller component never gives a pick (step 5)
+    idx, comp = idx[big], torch.unique(root[big], return_inverse=True)[1]
+    n = int(comp.max()) + 1 if len(idx) else 0
+    if not split or n == 0 or len(idx) == H * W:               # (the whole image: the reference cannot split it)
+        return idx, comp, n
+    lab = torch.full((H, W), -1, dtype=torch.int64, device=p.device)
+    lab.view(-1)[idx] = comp
+    d2 = _edt2_torch(lab >= 0)
+    pk = find_peaks_torch(d2, min_distance_px, threshold=0, window_px=3, labels=lab)
+    owner = lab[pk[:, 0], pk[:, 1]]
+    order = torch.sort(owner, stable=True).indices             # grouped by component, best first in each
+    pk, owner = pk[order], owner[order]
+    n_pk = torch.bincount(owner, minlength=n).clamp(min=1)
+    first = torch.cumsum(n_pk, 0) - n_pk                       # each component's first region
+    region = first[comp]
+    multi = n_pk[comp] > 1
+    if bool(multi.any()):
+        sub, own = idx[multi], comp[multi]
+        mk_multi = n_pk[owner] > 1                             # the peaks of those components, in `pk` order
+        mk = torch.searchsorted(sub, pk[mk_multi, 0] * W + pk[mk_multi, 1])
+        piece = _flood(sub, d2.view(-1)[sub], mk, (H, W))      # index among those peaks
+        in_pk = torch.nonzero(mk_multi)[:, 0][piece]           # ... as an index in `pk`
+        region[multi] = first[own] + in_pk - torch.searchsorted(owner, own)
+    return idx, region, int(n_pk.sum())
+
+
+def _region_stats_torch(p, idx, region, n: int, score: str = "mean"):
+    "`_region_stats` on `p`'s device: `(x, y, area_px, score)`, float64 numpy arrays of the regions 0..n-1."
+    import torch
+    w = p.view(-1)[idx].double()
+    rows, cols = (idx // p.shape[1]).double(), (idx % p.shape[1]).double()
+    z = torch.zeros(n, dtype=torch.float64, device=p.device)
+    area, sw = z.index_add(0, region, torch.ones_like(w)), z.index_add(0, region, w)
+    y = z.index_add(0, region, w * rows) / sw.clamp(min=1e-12)
+    x = z.index_add(0, region, w * cols) / sw.clamp(min=1e-12)
+    sc = sw / area.clamp(min=1) if score == "mean" else z.scatter_reduce(0, region, w, "amax")
+    x, y, area, sc = torch.stack([x, y, area, sc]).cpu().numpy()
+    return x, y, area, sc
+
+# %% ../nbs/08_pick.ipynb #ba0e6fc4
+def pick_particles_torch(
+    prob,                               # (H, W) or (2, H, W): a tensor on the device, or an array (sent to `device`)
+    diameter_px: float,
+    threshold: float = 0.5,
+    min_distance_frac: float = 0.6,
+    min_area_frac: float = 0.2,
+    max_area_frac: float | None = 3.0,
+    edge_px: float | None = None,
+    junk_mask=None,                     # (H, W) 0/1, array or tensor (used on the host)
+    micrograph: str = "",
+    split: bool = True,
+    score: str = "mean",
+    device=None,                        # None: the tensor's device (an array: CUDA when present)
+) -> pd.DataFrame:
+    """`pick_particles` with steps 1-4 as tensor operations on `device`: the same table, the same picks (regions
+    split by a parallel flood whose ties may differ from scikit-image's; see above)."""
+    import torch
+    p = _probability_tensor(prob, device)
+    _check_pick_options(diameter_px, score, min_distance_frac, min_area_frac, max_area_frac)
+    junk = None
+    if junk_mask is not None:
+        junk = junk_mask.detach().cpu().numpy() if hasattr(junk_mask, "detach") else np.asarray(junk_mask)
+        if junk.shape != tuple(p.shape):
+            raise ValueError(f"junk_mask shape {junk.shape} differs from prob shape {tuple(p.shape)}")
+    disc_area = np.pi * diameter_px**2 / 4
+    with torch.no_grad():
+        idx, region, n = _regions_torch(p, threshold, min_distance_frac * diameter_px, min_area_frac * disc_area, split)
+        if n == 0:
+            return make_particles([], [], score=[], micrograph=micrograph, diameter_px=diameter_px, area_px=[])
+        x, y, area, sc = _region_stats_torch(p, idx, region, n, score)
+    keep = _size_ok(area, diameter_px, min_area_frac, max_area_frac)
+    keep &= _placement_ok(x, y, tuple(p.shape), edge_px, None if junk is None else junk != 0)
     order = np.argsort(-sc[keep], kind="stable")
     return make_particles(x[keep][order], y[keep][order], score=sc[keep][order], micrograph=micrograph,
                           diameter_px=diameter_px, area_px=area[keep][order])
