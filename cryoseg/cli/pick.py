@@ -124,7 +124,7 @@ def pick_one(path, out: Path, fm, opts: dict, replace: bool, write: bool = True)
         thr = float(((rec or {}).get("picking") or {}).get("threshold", 0.5))
     f = (frame["fx"] + frame["fy"]) / 2
     edge = None if opts["edge_px"] is None else opts["edge_px"] / f
-    picks = pick_particles(prob, d, threshold=thr, edge_px=edge, micrograph=frame["micrograph"])
+    picks = pick_particles(prob, d, threshold=thr, edge_px=edge, micrograph=frame["micrograph"], device=opts["device"])
     binned = opts["binned_frame"]
     if not binned:
         picks = to_original(picks, frame)
@@ -151,8 +151,8 @@ def combined_optics(tables: list, sizes: list):
 
 def run_pick(probs: str | Path, out: str | Path, diameter_px: float | None = None, diameter_a: float | None = None,
              threshold: float | None = None, edge_px: float | None = None, binned_frame: bool = False,
-             formats="star,box", box_size_px: int | None = None, shard=None, force: bool = False,
-             progress: bool = True, argv=None):
+             formats="star,box", box_size_px: int | None = None, shard=None, device: str | None = None,
+             force: bool = False, progress: bool = True, argv=None):
     """Pick particles in every probability map of `probs` (in `shard`), in the original micrographs' frame;
     returns the picks as one table. Diameter and threshold default to the model's (the maps' records)."""
     if diameter_px is not None and diameter_a is not None:
@@ -166,7 +166,7 @@ def run_pick(probs: str | Path, out: str | Path, diameter_px: float | None = Non
     out, fm = Path(out), parse_formats(formats)
     parse_shard(shard)
     opts = dict(diameter_px=diameter_px, diameter_a=diameter_a, threshold=threshold, edge_px=edge_px,
-                binned_frame=bool(binned_frame), box_size_px=box)
+                binned_frame=bool(binned_frame), box_size_px=box, device=device)
     run = FolderRun(out, "pick", dict(probs=absolute(probs), formats=fm, shard=shard, **opts), inputs=[probs],
                     shard=shard, force=force, argv=argv, progress=progress)
     maps = shard_items(list_inputs(probs, run), shard)
@@ -201,6 +201,9 @@ def add_parser(subparsers):
                    "the model was trained, else 0.5)")
     p.add_argument("--edge-px", type=float, default=None,
                    help="drop picks closer than this to the border, in original pixels (default: keep all)")
+    p.add_argument("--device", default=None,
+                   help="pick on this torch device, e.g. cuda (cryoseg.pick.pick_particles_torch: the CPU path's rules, "
+                   "tested equal; on a CPU the default numpy path is ~14x faster)")
     p.add_argument("--binned-frame", action="store_true",
                    help="write coordinates in the maps' (binned) pixels instead of the original micrographs'")
     p.add_argument("--formats", default="star,box", help="comma-separated among star, box, csv, txt (default star,box)")
