@@ -6,7 +6,9 @@ What it does (all on the sample's fixed split; nothing is tuned on the test micr
   * micrographs, masks and expert centres are binned by `--bin` (Fourier crop; 1024² -> 512² at bin 2);
   * the default U-Net is trained on `train` (4 micrographs); `valid` (1) chooses the best epoch and every
     picking threshold below (the one that maximises F1 on it);
-  * the 5 `test` micrographs are predicted and picked four ways: the U-Net; the U-Net + dense CRF (picks
+  * the 5 `test` micrographs are predicted and picked five ways: the U-Net; the U-Net with test-time
+    symmetry (`tta="rot180"`, the map averaged with that of the micrograph turned by 180°: `cryoseg predict`'s
+    default); the U-Net + dense CRF (picks
     and scores from the CRF map); the CRF's picks with the U-Net's scores (mean network probability over
     a disc of d/4 at each pick: same picks and F1 as the CRF row, another ranking, so another AP); and
     the blob (LoG) picker. The U-Net's and the CRF's segmentation threshold, and the blob picker's score
@@ -222,6 +224,13 @@ def main(argv=None):
     unet, t_seg, t_sc = calibrated_picks(p_val, val, p_test, test, d_bin, d_full)
     rows["U-Net"] = dict(**scores(unet, test, d_full, px_full, t_sc), **pixel_row(p_test, test, 0.5),
                          seg_threshold=t_seg, score_threshold=t_sc)
+    with torch.inference_mode():   # test-time symmetry, `cryoseg predict`'s default (--tta rot180)
+        s_val = [predict_tiled(model, m["image"], tile_size=tile, device=dev, tta="rot180") for m in val]
+        s_test = [predict_tiled(model, m["image"], tile_size=tile, device=dev, tta="rot180") for m in test]
+    sym, t_seg, t_sc = calibrated_picks(s_val, val, s_test, test, d_bin, d_full)
+    rows["U-Net, rot180 TTA (CLI default)"] = dict(**scores(sym, test, d_full, px_full, t_sc),
+                                                   **pixel_row(s_test, test, 0.5), seg_threshold=t_seg,
+                                                   score_threshold=t_sc)
     if not a.no_crf:
         params = CRFParams(sxy_bilateral_px=max(d_bin / 4, 2.0))
         t = time.perf_counter()

@@ -12,8 +12,9 @@ from .common import (FolderRun, absolute, add_command, call, check_box_size, che
                                 shard_arg, shard_items, stem)
 
 # %% auto #0
-__all__ = ['PICK_FORMATS', 'MAP_RECORD_KEYS', 'parse_formats', 'combined_name', 'read_probability_map', 'read_map_record',
-           'map_frame', 'map_diameter', 'to_original', 'pick_outputs', 'pick_one', 'combined_optics', 'run_pick',
+__all__ = ['PICK_FORMATS', 'MAP_RECORD_KEYS', 'BLOB_DIAMETER_PX', 'BLOB_THRESHOLD', 'parse_formats', 'combined_name',
+           'read_probability_map', 'read_map_record', 'map_frame', 'map_diameter', 'to_original', 'pick_outputs',
+           'pick_one', 'write_picks', 'combined_optics', 'run_pick', 'blob_picks', 'calibrate_blob', 'blob_one',
            'add_parser', 'run']
 
 # %% ../../nbs/11e_cli_pick.ipynb #3c23f9df
@@ -114,7 +115,6 @@ def pick_outputs(out: Path, name: str, fm) -> list[Path]:
 def pick_one(path, out: Path, fm, opts: dict, replace: bool, write: bool = True):
     """The picks of the map `path` in its original micrograph's frame (the map's with `opts["binned_frame"]`),
     written in each format of `fm` (unless not `write`); returns `(picks, their pixel size in Å, threshold)`."""
-    from cryoseg.coords import write_particles
     from cryoseg.pick import pick_particles
     (prob, map_px), rec = read_probability_map(path), read_map_record(path)
     frame = map_frame(path, prob.shape, rec, map_px)
@@ -130,10 +130,15 @@ def pick_one(path, out: Path, fm, opts: dict, replace: bool, write: bool = True)
         picks = to_original(picks, frame)
     px = frame["pixel_size_a"] if binned else frame["original_pixel_size_a"]
     if write:
-        box = opts["box_size_px"] or max(2, round(d if binned else d * f))
-        for fmt, dst in zip(fm, pick_outputs(out, stem(path), fm)):
-            write_particles(dst, picks, fmt=fmt, overwrite=replace, **(dict(box_size_px=box) if fmt == "box" else {}))
+        write_picks(out, path, fm, picks, opts["box_size_px"] or max(2, round(d if binned else d * f)), replace)
     return picks, px, thr
+
+
+def write_picks(out: Path, path, fm, picks, box: int, replace: bool) -> None:
+    "The picks of input `path` written in each format of `fm` (BOX files with boxes of `box` px)."
+    from cryoseg.coords import write_particles
+    for fmt, dst in zip(fm, pick_outputs(out, stem(path), fm)):
+        write_particles(dst, picks, fmt=fmt, overwrite=replace, **(dict(box_size_px=box) if fmt == "box" else {}))
 
 
 def combined_optics(tables: list, sizes: list):
@@ -149,17 +154,43 @@ def combined_optics(tables: list, sizes: list):
     return allp, None
 
 
-def run_pick(probs: str | Path, out: str | Path, diameter_px: float | None = None, diameter_a: float | None = None,
+def _blob_options(method, micrographs, probs, threshold, calibrate, diameter_px, diameter_a, binned_frame):
+    "Check the method's inputs; the blob threshold (given, calibrated or the default) or None for maps."
+    import math
+    if method not in ("unet", "blob"):
+        raise ValueError(f"--method {method!r}: choose unet (probability maps) or blob (micrographs)")
+    if method == "unet":
+        if micrographs is not None or calibrate is not None or probs is None:
+            raise ValueError("--method unet picks probability maps: give --probs (--micrographs and --calibrate are for --method blob)")
+        return None
+    if probs is not None or micrographs is None:
+        raise ValueError("--method blob picks micrographs: give --micrographs instead of --probs")
+    if diameter_px is None and diameter_a is None:
+        raise ValueError("--method blob needs the particle diameter: --diameter-px or --diameter-a")
+    if binned_frame:
+        raise ValueError("--binned-frame is for maps from `cryoseg predict`; blob picks are in the micrographs' frame")
+    if threshold is not None and calibrate is not None:
+        raise ValueError("give --threshold or --calibrate, not both")
+    if threshold is not None and not math.isfinite(threshold):
+        raise ValueError(f"--threshold must be a finite number (robust z of the blob response), got {threshold}")
+    return threshold if threshold is not None else None if calibrate is not None else BLOB_THRESHOLD
+
+
+def run_pick(probs: str | Path | None, out: str | Path, diameter_px: float | None = None, diameter_a: float | None = None,
              threshold: float | None = None, edge_px: float | None = None, binned_frame: bool = False,
              formats="star,box", box_size_px: int | None = None, shard=None, device: str | None = None,
+             method: str = "unet", micrographs=None, calibrate=None, pixel_size_a: float | None = None,
              force: bool = False, progress: bool = True, argv=None):
     """Pick particles in every probability map of `probs` (in `shard`), in the original micrographs' frame;
-    returns the picks as one table. Diameter and threshold default to the model's (the maps' records)."""
+    returns the picks as one table. Diameter and threshold default to the model's (the maps' records).
+    `method="blob"`: the blob picker on the `micrographs` instead (`--calibrate`: threshold fitted on a dataset)."""
     if diameter_px is not None and diameter_a is not None:
         raise ValueError("give --diameter-px or --diameter-a, not both")
     diameter_px = None if diameter_px is None else check_diameter(diameter_px)
     diameter_a = None if diameter_a is None else check_diameter(diameter_a, "--diameter-a")
-    threshold = None if threshold is None else check_threshold(threshold)
+    blob_thr = _blob_options(method, micrographs, probs, threshold, calibrate, diameter_px, diameter_a, binned_frame)
+    if method == "unet":
+        threshold = None if threshold is None else check_threshold(threshold)
     if edge_px is not None and not edge_px >= 0:
         raise ValueError(f"--edge-px must be >= 0, got {edge_px}")
     box = None if box_size_px is None else check_box_size(box_size_px, 2)
@@ -167,15 +198,24 @@ def run_pick(probs: str | Path, out: str | Path, diameter_px: float | None = Non
     parse_shard(shard)
     opts = dict(diameter_px=diameter_px, diameter_a=diameter_a, threshold=threshold, edge_px=edge_px,
                 binned_frame=bool(binned_frame), box_size_px=box, device=device)
-    run = FolderRun(out, "pick", dict(probs=absolute(probs), formats=fm, shard=shard, **opts), inputs=[probs],
-                    shard=shard, force=force, argv=argv, progress=progress)
-    maps = shard_items(list_inputs(probs, run), shard)
+    src = probs if method == "unet" else micrographs
+    settings = dict(probs=absolute(probs), formats=fm, shard=shard, **opts)
+    if method == "blob":
+        settings.update(method="blob", micrographs=absolute(micrographs), calibrate=absolute(calibrate),
+                        pixel_size_a=pixel_size_a)
+    run = FolderRun(out, "pick", settings, inputs=[src, calibrate], shard=shard, force=force, argv=argv, progress=progress)
+    maps = shard_items(list_inputs(src, run), shard)
+    one, calibration = pick_one, None
+    if method == "blob":
+        calibration = calibrate_blob(calibrate) if calibrate is not None else None
+        opts.update(threshold=calibration["threshold"] if calibration else blob_thr, pixel_size_a=pixel_size_a)
+        one = blob_one
     combined = out / combined_name(shard)
     with run:
         todo = run.plan(maps, lambda p: pick_outputs(out, stem(p), fm), also=[combined])
-        res = {stem(p): run.attempt(p, pick_one, p, out, fm, opts, False, write=False) for p in run.skipped}
-        for p in progress_bar(todo, progress, desc="pick", unit="mic"):
-            res[stem(p)] = run.attempt(p, pick_one, p, out, fm, opts, run.replace)
+        res = {stem(p): run.attempt(p, one, p, out, fm, opts, False, write=False) for p in run.skipped}
+        for p in progress_bar(todo, progress, desc="pick" + (" (blob)" if method == "blob" else ""), unit="mic"):
+            res[stem(p)] = run.attempt(p, one, p, out, fm, opts, run.replace)
         done = [res[k] for k in sorted(res) if res[k] is not None]
         allp = None
         if done:
@@ -183,8 +223,73 @@ def run_pick(probs: str | Path, out: str | Path, diameter_px: float | None = Non
             allp, optics = combined_optics([r[0] for r in done], [r[1] for r in done])
             write_particles(combined, allp, fmt="star", overwrite=run.replace, optics=optics)
         run.finish(dict(n_micrographs=len(maps), n_picks=0 if allp is None else len(allp),
-                        thresholds=sorted({r[2] for r in done}), frame="binned" if binned_frame else "original"))
+                        thresholds=sorted({r[2] for r in done}), frame="binned" if binned_frame else "original",
+                        method=method, calibration=calibration))
     return allp
+
+# %% ../../nbs/11e_cli_pick.ipynb #0a3a8198
+BLOB_DIAMETER_PX = 24.0       # the blob picker runs on micrographs binned so that particles are this wide
+BLOB_THRESHOLD = 3.0          # robust z of the blob response, without --calibrate
+
+
+def blob_picks(img, diameter_px: float, threshold: float, edge_px: float | None = None, micrograph: str = ""):
+    "Blob (LoG) picks of `img` (particles `diameter_px` across), found at `BLOB_DIAMETER_PX` and returned in `img`'s pixels."
+    from cryoseg.baselines import blob_picker
+    from cryoseg.particles import scale_particles
+    from cryoseg.preprocess import downsample
+    f = max(1.0, diameter_px / BLOB_DIAMETER_PX)
+    small = img if f == 1.0 else downsample(img, None, factor=f)[0]
+    fs = img.shape[1] / small.shape[1]
+    p = blob_picker(small, diameter_px / fs, threshold=threshold, edge_px=None if edge_px is None else edge_px / fs,
+                    micrograph=micrograph)
+    return scale_particles(p, small.shape, img.shape)
+
+
+def calibrate_blob(dataset) -> dict:
+    """The blob threshold with the best F1 on the labelled dataset folder `dataset` (its validation micrographs
+    when `dataset.json` has a split), from the precision-recall curve over the blob score."""
+    import numpy as np
+    import pandas as pd
+    from cryoseg.cli.common import read_dataset_info
+    from cryoseg.cli.train import validation_truth
+    from cryoseg.io import read_micrograph
+    from cryoseg.metrics import average_precision, pr_curve
+    info = read_dataset_info(dataset)
+    if not info or not info.get("diameter_px"):
+        raise ValueError(f"{dataset}: --calibrate needs a dataset folder made by `cryoseg label` (dataset.json with a diameter)")
+    names = (info.get("split") or {}).get("val") or sorted(info.get("micrographs", {}))
+    truth = validation_truth(dataset, names)
+    if truth is None or not names:
+        raise ValueError(f"{dataset}: no coordinates for the micrographs {names[:3]} to calibrate on")
+    d = info["diameter_px"]
+    files = {stem(p): p for p in list_inputs(Path(dataset) / "micrographs")}
+    picks = pd.concat([blob_picks(read_micrograph(files[n])[0], d, -1e9, micrograph=n) for n in names], ignore_index=True)
+    curve = pr_curve(picks, truth, d, thresholds=np.unique(picks["score"]), micrographs=names)
+    best = curve.loc[curve["f1"].idxmax()]
+    t, below = float(best["threshold"]), picks["score"][picks["score"] < best["threshold"]]
+    # any threshold between the lowest kept score and the next score below gives the same F1: take the middle,
+    # not the edge, so that a new micrograph's slightly lower particle scores are not cut off
+    t_mid = (t + float(below.max())) / 2 if len(below) else t
+    return dict(threshold=t_mid, f1=float(best["f1"]), ap=average_precision(curve), n_micrographs=len(names),
+                dataset=absolute(dataset))
+
+# %% ../../nbs/11e_cli_pick.ipynb #758d7c81
+def blob_one(path, out: Path, fm, opts: dict, replace: bool, write: bool = True):
+    "Blob picks of the micrograph `path` in its own frame, written in each format of `fm`; `(picks, pixel size, threshold)`."
+    from cryoseg.io import read_micrograph
+    img, px = read_micrograph(path)
+    px = opts["pixel_size_a"] or px
+    if opts["diameter_px"] is not None:
+        d = opts["diameter_px"]
+    elif px:
+        d = opts["diameter_a"] / px
+    else:
+        raise ValueError(f"{path}: --diameter-a needs the pixel size: none in the header; give --pixel-size")
+    thr = opts["threshold"]
+    picks = blob_picks(img, d, thr, edge_px=opts["edge_px"], micrograph=Path(path).name)
+    if write:
+        write_picks(out, path, fm, picks, opts["box_size_px"] or max(2, round(d)), replace)
+    return picks, px, thr
 
 # %% ../../nbs/11e_cli_pick.ipynb #12c41afb
 def add_parser(subparsers):
@@ -192,13 +297,21 @@ def add_parser(subparsers):
     p = add_command(subparsers, "pick", run, help="probability maps → particle coordinates", device=False, resume=True,
                     description="Pick particle centres in probability maps; writes <out>/star/<name>.star, "
                     "<out>/box/<name>.box (and csv/txt on request) and <out>/particles.star.")
-    path_args(p, probs="folder of probability maps (from `cryoseg predict`)", out="output folder")
+    path_args(p, required=False, probs="folder of probability maps (from `cryoseg predict`)",
+              micrographs="folder of micrographs, for --method blob")
+    path_args(p, out="output folder")
+    p.add_argument("--method", choices=("unet", "blob"), default="unet",
+                   help="unet: pick the probability maps of --probs (default); blob: the LoG blob picker on --micrographs")
+    path_args(p, required=False, calibrate="--method blob: a labelled dataset folder (cryoseg label) on which to choose "
+              "the threshold with the best F1 (default threshold otherwise: 3 robust SD)")
+    p.add_argument("--pixel-size", dest="pixel_size_a", type=float, default=None, metavar="A",
+                   help="--method blob: micrographs' pixel size in Å, for --diameter-a without one in the header")
     p.add_argument("--diameter-px", type=float, default=None,
                    help="particle diameter in pixels of the original micrographs (default: the model's)")
     p.add_argument("--diameter-a", type=float, default=None, help="particle diameter in Å (instead of --diameter-px)")
     p.add_argument("--threshold", type=float, default=None,
                    help="probability threshold, strictly between 0 and 1 (default: the one fitted on validation when "
-                   "the model was trained, else 0.5)")
+                   "the model was trained, else 0.5); --method blob: robust SD of the blob response (default 3)")
     p.add_argument("--edge-px", type=float, default=None,
                    help="drop picks closer than this to the border, in original pixels (default: keep all)")
     p.add_argument("--device", default=None,
