@@ -350,6 +350,8 @@ def checkpoint_scale(pixel_size_a: float | None = None,   # Å per pixel of the 
                      diameter_a: float | None = None,     # the same in Å
                      bin_factor: float = 1.0,             # original pixels per training pixel (informational)
                      normalization: dict | None = None,   # default: `NORMALIZATION`
+                     scale_free: bool = False,            # trained across pixel sizes at a fixed particle size in px:
+                                                          # predict bins by the particle's diameter, not the pixel size
                      ) -> dict:
     "The `scale` a checkpoint records, checked (positive numbers or None); `diameter_a` derived when it can be."
     def num(v, name):
@@ -366,8 +368,11 @@ def checkpoint_scale(pixel_size_a: float | None = None,   # Å per pixel of the 
     da = num(diameter_a, "diameter_a")
     if da is None and px is not None and d is not None:
         da = px * d
-    return dict(pixel_size_a=px, diameter_px=d, diameter_a=da, bin_factor=num(bin_factor, "bin_factor") or 1.0,
-                normalization=dict(normalization or NORMALIZATION))
+    if scale_free and d is None:
+        raise ValueError("scale: a scale-free model needs diameter_px (the particle size in pixels it works at)")
+    return dict(pixel_size_a=None if scale_free else px, diameter_px=d, diameter_a=None if scale_free else da,
+                bin_factor=num(bin_factor, "bin_factor") or 1.0, normalization=dict(normalization or NORMALIZATION),
+                scale_free=bool(scale_free))
 
 
 def checkpoint_info(path: str | Path) -> dict:

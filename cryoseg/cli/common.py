@@ -23,15 +23,15 @@ import zlib
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['MIN_DIAMETER_PX', 'WRITE_ERRNOS', 'READ_FOLDERS', 'DATASET_INFO', 'DATASET_FORMAT', 'RESUME_ADVICE',
+__all__ = ['MIN_DIAMETER_PX', 'WRITE_ERRNOS', 'READ_FOLDERS', 'DATASET_INFO', 'DATASET_FORMAT', 'SHIPPED_MODELS', 'RESUME_ADVICE',
            'FOLDER_RUN_HELP', 'parse_shard', 'stem', 'shard_of', 'shard_items', 'coordinate_files', 'check_outputs',
            'check_diameter', 'check_threshold', 'check_box_size', 'disk_free', 'write_error', 'naming', 'write_file',
            'check_out_not_input', 'FolderBusy', 'lock_name', 'output_lock', 'config_name', 'machine_info', 'write_json',
            'write_config', 'read_record', 'same_settings', 'check_dataset_info', 'write_dataset_info',
-           'read_dataset_info', 'parse_sets', 'build_config', 'progress_bar', 'setup_device', 'Stopwatch', 'one_line',
-           'SomeFailed', 'failures_name', 'write_failures', 'stops_the_run', 'report_failures', 'absolute',
-           'file_sha256', 'FolderRun', 'list_inputs', 'common_options', 'add_command', 'path_args', 'config_args',
-           'shard_arg', 'diameter_arg', 'threshold_arg', 'call']
+           'read_dataset_info', 'resolve_model', 'parse_sets', 'build_config', 'progress_bar', 'setup_device',
+           'Stopwatch', 'one_line', 'SomeFailed', 'failures_name', 'write_failures', 'stops_the_run', 'report_failures',
+           'absolute', 'file_sha256', 'FolderRun', 'list_inputs', 'common_options', 'add_command', 'path_args',
+           'config_args', 'shard_arg', 'diameter_arg', 'threshold_arg', 'call']
 
 # %% ../../nbs/11_cli.ipynb #7e5db646
 def parse_shard(shard: str | tuple[int, int] | None) -> tuple[int, int] | None:
@@ -438,6 +438,22 @@ def read_dataset_info(folder: str | Path) -> dict | None:
     except (OSError, ValueError) as e:
         raise ValueError(f"{path}: unreadable dataset description ({e}); re-run `cryoseg label` or delete it") from None
     return check_dataset_info(info, path)
+
+# %% ../../nbs/11_cli.ipynb #2cdabcd4
+SHIPPED_MODELS = {"general": "general.pt"}    # --model / --init names of the weights in cryoseg/weights/
+
+
+def resolve_model(model: str | Path) -> Path:
+    """The checkpoint file `model` names: a path as it is, or a shipped model's name (`general`: the scale-free model
+    trained on cryoseg's simulations, `cryoseg/weights/general.pt`)."""
+    if str(model) in SHIPPED_MODELS:
+        import cryoseg
+        path = Path(cryoseg.__file__).parent / "weights" / SHIPPED_MODELS[str(model)]
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: the shipped {model!r} model is missing from this installation "
+                                    "(reinstall cryoseg, or build it with `python tools/train_general.py`)")
+        return path
+    return Path(model)
 
 # %% ../../nbs/11_cli.ipynb #b6dc59a7
 def parse_sets(items: list[str] | dict | None) -> dict:

@@ -9,9 +9,9 @@ import dataclasses
 import json
 from pathlib import Path
 
-from .common import (FolderRun, Stopwatch, absolute, add_command, build_config, call, config_args,
+from .common import (FolderRun, Stopwatch, absolute, add_command, build_config, call, check_out_not_input, config_args,
                                 file_sha256, list_inputs, parse_shard, path_args, progress_bar, setup_device, shard_arg,
-                                shard_items, stem, write_json)
+                                resolve_model, shard_items, stem, write_json)
 
 # %% auto #0
 __all__ = ['CRF_CHOICES', 'SCALE_TOLERANCE', 'crf_method', 'crf_settings', 'check_tiling', 'check_tile_size', 'rescale_factor',
@@ -68,10 +68,24 @@ def check_tile_size(net, tile_size: int) -> None:
 SCALE_TOLERANCE = 0.02     # micrograph and model pixel sizes within 2 %: no resampling
 
 
-def rescale_factor(path, mic_px: float | None, model_px: float | None, no_rescale: bool = False) -> float:
-    """The factor to bin micrograph `path` (at `mic_px` Å/px) by so that it matches the model's `model_px`:
-    1 when they agree within `SCALE_TOLERANCE`, when `no_rescale` or when the model records no pixel size."""
-    if no_rescale or model_px is None:
+def rescale_factor(path, mic_px: float | None, model_px: float | None, no_rescale: bool = False,
+                   diameter_a: float | None = None, model_diameter_px: float | None = None) -> float:
+    """The factor to bin micrograph `path` (at `mic_px` Å/px) by so that it matches the model's `model_px`, or, given
+    the particle's `diameter_a`, so that particles are the model's `model_diameter_px` across: 1 when they agree
+    within `SCALE_TOLERANCE`, when `no_rescale` or when the model records no scale."""
+    if no_rescale:
+        return 1.0
+    if diameter_a is not None and model_diameter_px:
+        if mic_px is None:
+            raise ValueError(f"{path}: no pixel size in the file's header: give --pixel-size (Å/px) so that "
+                             f"--diameter-a {diameter_a:g} can be turned into pixels")
+        f = diameter_a / mic_px / model_diameter_px
+        if f < 1 - SCALE_TOLERANCE:
+            raise ValueError(f"{path}: particles of {diameter_a:g} Å at {mic_px:g} Å/px are {diameter_a / mic_px:.1f} px "
+                             f"across, smaller than the {model_diameter_px:g} px the model works at, and cryoseg does not "
+                             "upsample: check --diameter-a and the pixel size")
+        return 1.0 if abs(f - 1) <= SCALE_TOLERANCE else f
+    if model_px is None:
         return 1.0
     if mic_px is None:
         raise ValueError(f"{path}: no pixel size in the file's header, and the model was trained at {model_px:g} Å/px; "
@@ -87,14 +101,15 @@ def rescale_factor(path, mic_px: float | None, model_px: float | None, no_rescal
     return f
 
 
-def load_micrograph(path, pixel_size_a: float | None, model_px: float | None, no_rescale: bool = False):
+def load_micrograph(path, pixel_size_a: float | None, model_px: float | None, no_rescale: bool = False,
+                    diameter_a: float | None = None, model_diameter_px: float | None = None):
     """Micrograph `path` at the model's scale: `(image, record)`, the record being what the map's sidecar keeps
     (micrograph file, source path, original shape and pixel size, bin factor, the map's pixel size)."""
     from cryoseg.io import read_micrograph
     from cryoseg.preprocess import downsample
     img, header_px = read_micrograph(path)
     px = pixel_size_a if pixel_size_a is not None else header_px
-    f = rescale_factor(path, px, model_px, no_rescale)
+    f = rescale_factor(path, px, model_px, no_rescale, diameter_a, model_diameter_px)
     small = img if f == 1.0 else downsample(img, None, factor=f)[0]
     bin_factor = (img.shape[0] / small.shape[0] + img.shape[1] / small.shape[1]) / 2
     return small, dict(micrograph=Path(path).name, source=absolute(path), original_shape=list(img.shape),
@@ -112,7 +127,7 @@ def predict_outputs(out: Path, name: str, refine) -> list[Path]:
 def map_record(rec: dict, job: dict) -> dict:
     "The sidecar of one map: the micrograph's `rec` (`load_micrograph`), the model, its particle size and picking threshold."
     scale, px = job["scale"] or {}, rec["pixel_size_a"]
-    d_a = scale.get("diameter_a")
+    d_a = job.get("diameter_a") or scale.get("diameter_a")
     d_px = d_a / px if d_a and px else scale.get("diameter_px")
     return dict(cryoseg_map=1, **rec, diameter_px=d_px, diameter_a=d_a, model=job["model"], picking=job["picking"])
 
@@ -152,13 +167,20 @@ def prefetched(items, load, ahead: int = 1):
             yield item, futs.pop(i)
 
 # %% ../../nbs/11d_cli_predict.ipynb #9595d10b
-def model_scale(model_path: Path, no_rescale: bool) -> tuple[dict | None, dict | None]:
+def model_scale(model_path: Path, no_rescale: bool, diameter_a: float | None = None) -> tuple[dict | None, dict | None]:
     "The checkpoint's `(scale, picking)` records, with a warning when predictions cannot follow its scale."
     import warnings
     from cryoseg.train import checkpoint_info
     info = checkpoint_info(model_path)
     scale = info["scale"]
-    if not (scale or {}).get("pixel_size_a") and not no_rescale:
+    if (scale or {}).get("scale_free") and diameter_a is None and not no_rescale:
+        raise ValueError(f"{model_path}: a scale-free model (it finds particles {scale['diameter_px']:g} px across at any "
+                         "pixel size): give the particle diameter with --diameter-a (Å), so each micrograph can be "
+                         "binned to that size")
+    if diameter_a is not None and not (scale or {}).get("diameter_px"):
+        raise ValueError(f"{model_path}: the checkpoint records no particle size in pixels, so --diameter-a cannot "
+                         "choose the binning; give --pixel-size or retrain with `cryoseg label` scales")
+    if not (scale or {}).get("pixel_size_a") and diameter_a is None and not no_rescale:
         warnings.warn(f"{model_path}: the checkpoint records no pixel size (trained before scales were recorded, or "
                       "on micrographs without one): every micrograph is predicted at its own scale; make sure it "
                       "matches the training data's", stacklevel=2)
@@ -167,7 +189,8 @@ def model_scale(model_path: Path, no_rescale: bool) -> tuple[dict | None, dict |
 
 def run_predict(model: str | Path, data: str | Path, out: str | Path, tile_size: int = 512, overlap: int = 64,
                 batch_size: int | None = None, crf: str = "none", crf_config=None, crf_set=None,
-                pixel_size_a: float | None = None, no_rescale: bool = False, tta: str = "rot180", shard=None,
+                pixel_size_a: float | None = None, no_rescale: bool = False, tta: str = "rot180",
+                diameter_a: float | None = None, shard=None,
                 device=None, threads=None, force: bool = False, progress: bool = True, argv=None) -> dict:
     """Probability maps (and CRF-refined maps) at the model's scale for every micrograph of `data` in `shard`,
     each binned to the model's pixel size first (`load_micrograph`); returns the run's config and timings."""
@@ -175,11 +198,13 @@ def run_predict(model: str | Path, data: str | Path, out: str | Path, tile_size:
     from cryoseg.predict import TTA_CHOICES
     if tta not in TTA_CHOICES:
         raise ValueError(f"--tta {tta!r}: choose one of {', '.join(TTA_CHOICES)}")
-    out, model_path = Path(out), Path(model)
+    out, model_path = Path(out), resolve_model(model)
     parse_shard(shard)
+    from cryoseg.core import check_positive
     if pixel_size_a is not None:
-        from cryoseg.core import check_positive
         pixel_size_a = check_positive(pixel_size_a, "--pixel-size", "Å per pixel")
+    if diameter_a is not None:
+        diameter_a = check_positive(diameter_a, "--diameter-a", "Å")
     refine = crf_settings(crf, crf_config, crf_set, device)
     run = FolderRun(out, "predict", {}, inputs=[model_path, data], shard=shard, force=force, argv=argv, progress=progress)
     mics = shard_items(list_inputs(data, run), shard)
@@ -188,19 +213,20 @@ def run_predict(model: str | Path, data: str | Path, out: str | Path, tile_size:
     run.settings = json.loads(json.dumps(dict(
         model=absolute(model_path), model_sha256=file_sha256(model_path), data=absolute(data), tile_size=tile_size,
         overlap=overlap, crf=crf, crf_params=refine and dataclasses.asdict(refine["params"]), shard=shard,
-        pixel_size_a=pixel_size_a, no_rescale=no_rescale, tta=tta)))
+        pixel_size_a=pixel_size_a, no_rescale=no_rescale, tta=tta, diameter_a=diameter_a)))
+    check_out_not_input(out, model_path, data)
+    scale, picking = model_scale(model_path, no_rescale, diameter_a)      # before the run: nothing recorded yet
+    model_px, model_d = (scale or {}).get("pixel_size_a"), (scale or {}).get("diameter_px")
     with run:
         todo = run.plan(mics, lambda p: predict_outputs(out, stem(p), refine))
-        scale, picking = model_scale(model_path, no_rescale)
-        model_px = (scale or {}).get("pixel_size_a")
         job = dict(out=out, tile_size=tile_size, overlap=overlap, batch_size=batch_size, refine=refine, scale=scale, tta=tta,
-                   picking=picking, model=absolute(model_path), replace=run.replace, t_net=Stopwatch(),
+                   picking=picking, model=absolute(model_path), replace=run.replace, t_net=Stopwatch(), diameter_a=diameter_a,
                    t_crf=Stopwatch(), device=setup_device(device, threads))
         if todo:
             from cryoseg.train import load_checkpoint
             job["net"] = load_checkpoint(model_path, device=job["device"])[0].eval()
             check_tile_size(job["net"], tile_size)
-        load = lambda p: load_micrograph(p, pixel_size_a, model_px, no_rescale)
+        load = lambda p: load_micrograph(p, pixel_size_a, model_px, no_rescale, diameter_a, model_d)
         bar = progress_bar(todo, progress, desc="predict" + (" + CRF" if refine else ""), unit="mic")
         for p, loaded in prefetched(bar, load):
             run.attempt(p, predict_one, p, loaded, job)
@@ -217,7 +243,7 @@ def add_parser(subparsers):
     p = add_command(subparsers, "predict", run, help="probability maps by tiled inference (+ CRF)", resume=True,
                     description="Run a trained model over micrographs with overlapping tiles; writes "
                     "<out>/probabilities/<name>.mrc and, with --crf, <out>/probabilities_crf/<name>.mrc.")
-    path_args(p, model="checkpoint (.pt) from `cryoseg train`",
+    path_args(p, model="checkpoint (.pt) from `cryoseg train`, or `general` (the model shipped with cryoseg)",
               data="a micrograph, a folder of micrographs, or a dataset folder", out="output folder")
     p.add_argument("--tile-size", type=int, default=512, help="tile size in pixels (default 512)")
     p.add_argument("--overlap", type=int, default=64, help="tile overlap in pixels (default 64)")
@@ -227,6 +253,9 @@ def add_parser(subparsers):
     p.add_argument("--tta", choices=("none", "rot180", "dihedral"), default="rot180",
                    help="test-time symmetry: average the maps of the micrograph and of its 180° rotation (rot180, default: "
                    "cancels a network's shift of the centres, 2x the network time), of all 8 symmetries (dihedral), or none")
+    p.add_argument("--diameter-a", type=float, default=None, metavar="A",
+                   help="particle diameter in Å: bin each micrograph so particles are the model's size in pixels "
+                   "(needed for a scale-free model such as --model general; else the pixel sizes decide)")
     p.add_argument("--no-rescale", action="store_true",
                    help="predict every micrograph at its own scale instead of binning it to the model's pixel size")
     p.add_argument("--crf", choices=CRF_CHOICES, default="none",

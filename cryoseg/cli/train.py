@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from .common import (add_command, build_config, call, check_out_not_input, check_outputs, config_args,
-                                config_name, output_lock, path_args, setup_device, write_config)
+                                config_name, output_lock, path_args, resolve_model, setup_device, write_config)
 
 # %% auto #0
 __all__ = ['PICK_THRESHOLDS', 'SIM_MICROGRAPHS', 'rank', 'history_figure', 'save_history_figure', 'training_sets',
@@ -224,6 +224,7 @@ def run_train(data, out, val=None, model: str = "unet", epochs: int | None = Non
     if (data is None) == (simulate is None):
         raise ValueError("--data and --simulate exclude each other: train on a dataset folder or on fresh simulations"
                          if data is not None else "no training data: give --data FOLDER or --simulate CONFIG.json")
+    init = None if init is None else resolve_model(init)
     if init is not None and not Path(init).is_file():
         raise FileNotFoundError(f"{init}: --init checkpoint not found")
     from cryoseg.train import TrainConfig, fit
