@@ -57,9 +57,10 @@ def cryoseg(*args) -> float:
     return time.perf_counter() - t
 
 
-def one_path(root: Path, model: Path, mics: Path, tag: str, device: str, crf: str, extra=()) -> dict:
+def one_path(root: Path, model: Path, mics: Path, tag: str, device: str, crf: str, tta: str, extra=()) -> dict:
     pred, picks = root / f"pred-{tag}", root / f"picks-{tag}"
-    t_pred = cryoseg("predict", "--model", model, "--data", mics, "--out", pred, "--device", device, "--crf", crf, *extra)
+    t_pred = cryoseg("predict", "--model", model, "--data", mics, "--out", pred, "--device", device, "--crf", crf,
+                     "--tta", tta, *extra)
     probs = pred / ("probabilities_crf" if crf != "none" else "probabilities")
     t_pick = cryoseg("pick", "--probs", probs, "--out", picks)
     rec = json.loads((pred / "cryoseg-predict.json").read_text())["results"]
@@ -72,20 +73,24 @@ def main(argv=None):
     ap.add_argument("--size", type=int, default=4096)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--crf", default="none", help="none (the default of predict), torch, cpu, gpu")
+    ap.add_argument("--tta", default="rot180", help="predict's test-time symmetry: rot180 (its default), none, dihedral")
     ap.add_argument("--no-full", action="store_true", help="skip the full-resolution baseline")
     ap.add_argument("--keep", default=None, help="work in this folder and keep it")
     a = ap.parse_args(argv)
     from cryoseg.cli.common import machine_info
+    load0 = " ".join(f"{x:.1f}" for x in os.getloadavg())
     d_orig, bin_f = 160.0, 4.0
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(a.keep or tmp)
         mics, model = make_inputs(root, a.n, a.size, d_orig), make_model(root, bin_f, d_orig / bin_f)
-        rows = {"binned (default)": one_path(root, model, mics, "binned", a.device, a.crf)}
+        rows = {"binned (default)": one_path(root, model, mics, "binned", a.device, a.crf, a.tta)}
         if not a.no_full:
-            rows["full resolution (--no-rescale)"] = one_path(root, model, mics, "full", a.device, a.crf, ["--no-rescale"])
+            rows["full resolution (--no-rescale)"] = one_path(root, model, mics, "full", a.device, a.crf, a.tta,
+                                                              ["--no-rescale"])
         peak_gb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20
     print(f"machine: {machine_info(a.device)['description']}; OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}")
-    print(f"{a.n} micrographs of {a.size}² at 1 Å/px, model at {bin_f:g} Å/px, --crf {a.crf}, device {a.device}\n")
+    print(f"{a.n} micrographs of {a.size}² at 1 Å/px, model at {bin_f:g} Å/px, --crf {a.crf}, --tta {a.tta}, "
+          f"device {a.device}; load average before: {load0}\n")
     print("| path | predict s/mic | of which network | of which CRF | pick s/mic | total s/mic |")
     print("|---|---|---|---|---|---|")
     for k, r in rows.items():
