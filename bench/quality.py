@@ -128,7 +128,10 @@ def score(picks, truth, names, diameter, preds=None, targets=None, n_boot: int =
     return row
 
 
-def run_network(name, tr, va, te, diameter, epochs, out: Path, device, crop, n_boot) -> list[dict]:
+def run_network(name, tr, va, te, diameter, epochs, out: Path, device, crop, n_boot, stream=None, crfs=("none", "pydensecrf", "torch"),
+                tta: str = "none") -> list[dict]:
+    """Train `name` on the fixed training micrographs `tr` (or, with `stream=(cfg, n_micrographs, samples, seed)`, on
+    fresh simulations every epoch: `cryoseg.data.SimulatedDataset`) and score it with each CRF of `crfs`."""
     from cryoseg.train import TrainConfig, fit
     from cryoseg.predict import predict_tiled
     from cryoseg.crf import crf_tiled
@@ -137,20 +140,27 @@ def run_network(name, tr, va, te, diameter, epochs, out: Path, device, crop, n_b
     cfg = TrainConfig(model=name, epochs=epochs, crop_size=crop, out_dir=str(out / name), overwrite=True,
                       progress=False, device=device)
     t0 = time.perf_counter()
-    res = fit(cfg, (tr[0].images, tr[0].masks), (va[0].images, va[0].masks))
+    if stream is None:
+        train = (tr[0].images, tr[0].masks)
+    else:
+        from cryoseg.data import SimulatedDataset
+        sim_cfg, n_mic, samples, seed = stream
+        train = SimulatedDataset(sim_cfg, n_micrographs=n_mic, crop_size=crop, length=samples, seed=seed)
+    res = fit(cfg, train, (va[0].images, va[0].masks))
     t_train = time.perf_counter() - t0
     rows = []
     names = [f"{n}.mrc" for n in fdt.names]
-    for crf in ("none", "pydensecrf", "torch"):
+    for crf in crfs:
         picks, preds = [], []
         for img, n in zip(fdt.images, names):
-            p = predict_tiled(res["model"], img, device=device)
+            p = predict_tiled(res["model"], img, device=device, tta=tta)
             if crf != "none":
                 p = crf_tiled(p, img, method=crf, device=device if crf == "torch" else None)
             preds.append(p > 0.5)
             picks.append(pick_particles(p, diameter, micrograph=n))
         r = score(pd.concat(picks, ignore_index=True), truth, names, diameter, preds, fdt.masks, n_boot=n_boot)
-        rows.append(dict(method=f"{name}" + ("" if crf == "none" else f" + CRF ({crf})"), train_s=t_train, **r))
+        what = f"{name}" + (" (fresh simulations every epoch)" if stream else "") + ("" if tta == "none" else f", {tta} TTA")
+        rows.append(dict(method=what + ("" if crf == "none" else f" + CRF ({crf})"), train_s=t_train, **r))
     return rows
 
 
@@ -261,6 +271,11 @@ def main():
     ap.add_argument("--topaz-epochs", type=int, default=10)
     ap.add_argument("--topaz-epoch-size", type=int, default=1000, help="Topaz minibatches per epoch (its default 1000)")
     ap.add_argument("--quick", action="store_true", help="256² micrographs, SNR 0.1 and 0.05, few epochs")
+    ap.add_argument("--stream", action="store_true",
+                    help="train on fresh simulated micrographs every epoch (n-train of them) instead of a fixed set")
+    ap.add_argument("--samples-per-epoch", type=int, default=128, help="training crops per epoch with --stream")
+    ap.add_argument("--no-crf", action="store_true", help="skip the CRF rows")
+    ap.add_argument("--tta", default="none", help="test-time symmetry of the network rows: none, rot180, dihedral")
     ap.add_argument("--device", default=None); ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--seed", type=int, default=0); ap.add_argument("--out", default=None, help="markdown snippet path")
     ap.add_argument("--work", default=None, help="keep the data here (default: a temporary folder)")
@@ -304,7 +319,9 @@ def main():
             print(json.dumps(dict(condition=label, junk=junk, **summary)), flush=True)
             found = []
             for name in a.models.split(","):
-                found += run_network(name, tr, va, te, diameter, a.epochs, work / tag, device, a.crop, a.bootstrap)
+                stream = (cfg, a.n_train, a.samples_per_epoch, a.seed + 5000) if a.stream else None
+                found += run_network(name, tr, va, te, diameter, a.epochs, work / tag, device, a.crop, a.bootstrap,
+                                     stream, ("none",) if a.no_crf else ("none", "pydensecrf", "torch"), a.tta)
             found += run_baselines(te, diameter, volume, a.bootstrap)
             found += run_ideal(results, te, diameter, volume, a.ideal_views, a.bootstrap)
             if a.topaz_bin:

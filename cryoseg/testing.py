@@ -20,8 +20,8 @@ import numpy as np
 import pandas as pd
 
 # %% auto #0
-__all__ = ['toy_micrograph', 'discs_in_noise', 'soft_discs', 'toy_crf_problem', 'pick_tables', 'widget_view', 'ServerURL',
-           'serve_folder']
+__all__ = ['toy_micrograph', 'discs_in_noise', 'soft_discs', 'toy_crf_problem', 'pick_tables', 'tiny_model', 'widget_view',
+           'ServerURL', 'serve_folder']
 
 # %% ../nbs/90_testing.ipynb #3f3707e9
 def toy_micrograph(shape=(128, 160), n: int = 8, diameter_px: float = 16, contrast: float = 1.0,
@@ -97,6 +97,20 @@ def pick_tables(n: int, per_mic: int = 200, size: int = 4096, d: float = 40.0,
     picks = pd.DataFrame(dict(micrograph=name[pm[order]] + ".mrc", x=pxy[order, 0], y=pxy[order, 1],
                               score=score[order], diameter_px=d))
     return picks, truth
+
+# %% ../nbs/90_testing.ipynb #7e0946ef
+def tiny_model(root: str | os.PathLike, n: int = 4, name: str = "m{k}") -> tuple[Path, Path]:
+    "`(root/model/best.pt, root/mics)`: a U-Net trained one epoch on noise, and `n` 64² micrographs named `name.format(k=k)`."
+    from cryoseg.io import write_micrograph
+    from cryoseg.train import TrainConfig, fit
+    root = Path(root)
+    rng = np.random.default_rng(0)
+    imgs = [rng.normal(size=(64, 64)).astype("float32") for _ in range(n)]
+    for k, img in enumerate(imgs):
+        write_micrograph(root / "mics" / f"{name.format(k=k)}.mrc", img)
+    fit(TrainConfig(epochs=1, samples_per_epoch=4, crop_size=32, batch_size=2, model_kwargs=dict(depth=2, width=4),
+                    out_dir=str(root / "model"), device="cpu", progress=False), (imgs, [(i > 1).astype("uint8") for i in imgs]))
+    return root / "model" / "best.pt", root / "mics"
 
 # %% ../nbs/90_testing.ipynb #c4b3c3a9
 def widget_view(box) -> dict | None:

@@ -500,17 +500,8 @@ def _per_micrograph(out, fmt="star"):
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
     "A U-Net (depth 2, width 4) trained for one epoch on noise, and four 64² micrographs."
-    import numpy as np
-    from cryoseg.io import write_micrograph
-    from cryoseg.train import TrainConfig, fit
-    root = tmp_path_factory.mktemp("tiny")
-    rng = np.random.default_rng(0)
-    imgs = [rng.normal(size=(64, 64)).astype("float32") for _ in range(4)]
-    for k, img in enumerate(imgs):
-        write_micrograph(root / "mics" / f"m{k}.mrc", img)
-    fit(TrainConfig(epochs=1, samples_per_epoch=4, crop_size=32, batch_size=2, model_kwargs=dict(depth=2, width=4),
-                    out_dir=str(root / "model"), device="cpu", progress=False), (imgs, [(i > 1).astype("uint8") for i in imgs]))
-    return root / "model" / "best.pt", root / "mics"
+    from cryoseg.testing import tiny_model as make
+    return make(tmp_path_factory.mktemp("tiny"), n=4)
 
 
 # 1. demo --force: see test_demo_quick (the user's files in data/, model/, figures/ survive)

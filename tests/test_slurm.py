@@ -75,17 +75,8 @@ def test_without_an_array_the_script_says_so(tmp_path):
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     "A U-Net (depth 2, width 4) trained for one epoch on noise, and six 64² micrographs in both shards of 2."
-    import numpy as np
-    from cryoseg.io import write_micrograph
-    from cryoseg.train import TrainConfig, fit
-    root = tmp_path_factory.mktemp("slurm")
-    rng = np.random.default_rng(0)
-    imgs = [rng.normal(size=(64, 64)).astype("float32") for _ in range(6)]
-    for k, img in enumerate(imgs):
-        write_micrograph(root / "mics" / f"mic_{k:04d}.mrc", img)
-    fit(TrainConfig(epochs=1, samples_per_epoch=4, crop_size=32, batch_size=2, model_kwargs=dict(depth=2, width=4),
-                    out_dir=str(root / "model"), device="cpu", progress=False), (imgs, [(i > 1).astype("uint8") for i in imgs]))
-    return root / "model" / "best.pt", root / "mics"
+    from cryoseg.testing import tiny_model
+    return tiny_model(tmp_path_factory.mktemp("slurm"), n=6, name="mic_{k:04d}")
 
 
 def run_task(i: int, count: int, model, mics, out, **env_extra):
