@@ -119,12 +119,12 @@ def pick_one(path, out: Path, fm, opts: dict, replace: bool, write: bool = True)
     (prob, map_px), rec = read_probability_map(path), read_map_record(path)
     frame = map_frame(path, prob.shape, rec, map_px)
     d = map_diameter(path, rec, frame, opts["diameter_px"], opts["diameter_a"])
-    thr = opts["threshold"]
-    if thr is None:
-        thr = float(((rec or {}).get("picking") or {}).get("threshold", 0.5))
+    fitted = (rec or {}).get("picking") or {}            # fitted on validation when the model was trained
+    thr = opts["threshold"] if opts["threshold"] is not None else float(fitted.get("threshold", 0.5))
     f = (frame["fx"] + frame["fy"]) / 2
     edge = None if opts["edge_px"] is None else opts["edge_px"] / f
-    picks = pick_particles(prob, d, threshold=thr, edge_px=edge, micrograph=frame["micrograph"], device=opts["device"])
+    picks = pick_particles(prob, d, threshold=thr, min_area_frac=float(fitted.get("min_area_frac", 0.2)), edge_px=edge,
+                           micrograph=frame["micrograph"], device=opts["device"])
     binned = opts["binned_frame"]
     if not binned:
         picks = to_original(picks, frame)

@@ -14,9 +14,9 @@ from .common import (add_command, build_config, call, check_out_not_input, check
                                 config_name, output_lock, path_args, resolve_model, setup_device, write_config)
 
 # %% auto #0
-__all__ = ['PICK_THRESHOLDS', 'SIM_MICROGRAPHS', 'rank', 'history_figure', 'save_history_figure', 'training_sets',
-           'validation_truth', 'fit_picking', 'picking_record', 'simulation_config', 'simulation_device',
-           'simulated_sets', 'run_train', 'add_parser', 'run']
+__all__ = ['PICK_THRESHOLDS', 'PICK_MIN_AREAS', 'SIM_MICROGRAPHS', 'rank', 'history_figure', 'save_history_figure',
+           'training_sets', 'validation_truth', 'fit_picking', 'picking_record', 'simulation_config',
+           'simulation_device', 'simulated_sets', 'run_train', 'add_parser', 'run']
 
 # %% ../../nbs/11c_cli_train.ipynb #560ac975
 def rank() -> int:
@@ -82,6 +82,7 @@ def training_sets(data, val=None):
 
 # %% ../../nbs/11c_cli_train.ipynb #79e7bfbe
 PICK_THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7)
+PICK_MIN_AREAS = (0.1, 0.2, 0.35)           # min_area_frac of `pick_particles`: regions below this × the disc area go
 
 
 def validation_truth(folder, names):
@@ -99,9 +100,10 @@ def validation_truth(folder, names):
 
 
 def fit_picking(model, images, names, truth, diameter_px: float, thresholds=PICK_THRESHOLDS, device=None,
-                tile_size: int = 512) -> dict:
-    """The probability threshold (among `thresholds`) whose picks (`cryoseg.pick.pick_particles`) have the best
-    F1 against `truth` on the validation micrographs `images` (matching within 0.5 diameter), with its scores."""
+                tile_size: int = 512, min_areas=PICK_MIN_AREAS) -> dict:
+    """The probability threshold and minimum region area (among `thresholds` × `min_areas`) whose picks
+    (`cryoseg.pick.pick_particles`) have the best F1 against `truth` on the validation micrographs `images`
+    (matching within 0.5 diameter), with their scores; ties go to the settings nearest 0.5 and 0.2."""
     from cryoseg.metrics import average_precision, picking_metrics
     from cryoseg.pick import pick_particles
     from cryoseg.predict import predict_tiled
@@ -109,14 +111,16 @@ def fit_picking(model, images, names, truth, diameter_px: float, thresholds=PICK
     probs = [predict_tiled(model, im, tile_size=tile_size, device=device, tta="rot180") for im in images]  # as predict
     rows = []
     for t in thresholds:
-        picks = pd.concat([pick_particles(p, diameter_px, threshold=t, micrograph=n) for p, n in zip(probs, names)],
-                          ignore_index=True)
-        m = picking_metrics(picks, truth, diameter_px, micrographs=names)
-        ap = average_precision(picks, truth, diameter_px, micrographs=names) if len(picks) else 0.0
-        rows.append(dict(threshold=float(t), f1=m["f1"], precision=m["precision"], recall=m["recall"], ap=ap))
-    best = max(rows, key=lambda r: (r["f1"], -abs(r["threshold"] - 0.5)))
-    return dict(best, min_area_frac=0.2, match_frac=0.5, fitted_on="validation", n_micrographs=len(names),
-                n_true=int(len(truth)), sweep=rows)
+        for a in min_areas:
+            picks = pd.concat([pick_particles(p, diameter_px, threshold=t, min_area_frac=a, micrograph=n)
+                               for p, n in zip(probs, names)], ignore_index=True)
+            m = picking_metrics(picks, truth, diameter_px, micrographs=names)
+            ap = average_precision(picks, truth, diameter_px, micrographs=names) if len(picks) else 0.0
+            rows.append(dict(threshold=float(t), min_area_frac=float(a), f1=m["f1"], precision=m["precision"],
+                             recall=m["recall"], ap=ap))
+    best = max(rows, key=lambda r: (round(r["f1"], 9), -abs(r["threshold"] - 0.5), -abs(r["min_area_frac"] - 0.2)))
+    return dict(best, match_frac=0.5, fitted_on="validation", n_micrographs=len(names), n_true=int(len(truth)),
+                sweep=rows)
 
 # %% ../../nbs/11c_cli_train.ipynb #26b7765c
 def picking_record(model, va, folder, scale: dict, device, best, truth=None) -> dict | None:
@@ -136,7 +140,7 @@ def picking_record(model, va, folder, scale: dict, device, best, truth=None) -> 
     rec = fit_picking(model, va.images, va.names, truth, scale["diameter_px"], device=device)
     if Path(best).is_file():
         update_checkpoint(best, picking=rec)
-    print(f"picking threshold {rec['threshold']:g} (validation F1 {rec['f1']:.3f}, AP {rec['ap']:.3f} "
+    print(f"picking threshold {rec['threshold']:g}, min area {rec['min_area_frac']:g} (validation F1 {rec['f1']:.3f}, AP {rec['ap']:.3f} "
           f"on {rec['n_micrographs']} micrograph(s)), stored in {best}")
     return rec
 
