@@ -154,6 +154,7 @@ def combined_optics(tables: list, sizes: list):
     return allp, None
 
 
+# %% ../../nbs/11e_cli_pick.ipynb #86abc5fd
 def _blob_options(method, micrographs, probs, threshold, calibrate, diameter_px, diameter_a, binned_frame):
     "Check the method's inputs; the blob threshold (given, calibrated or the default) or None for maps."
     import math
@@ -176,6 +177,7 @@ def _blob_options(method, micrographs, probs, threshold, calibrate, diameter_px,
     return threshold if threshold is not None else None if calibrate is not None else BLOB_THRESHOLD
 
 
+# %% ../../nbs/11e_cli_pick.ipynb #c9ad0018
 def run_pick(probs: str | Path | None, out: str | Path, diameter_px: float | None = None, diameter_a: float | None = None,
              threshold: float | None = None, edge_px: float | None = None, binned_frame: bool = False,
              formats="star,box", box_size_px: int | None = None, shard=None, device: str | None = None,
