@@ -14,29 +14,10 @@ import pytest
 
 from cryoseg.cli.common import config_name, output_lock, parse_shard, shard_items, write_config
 from cryoseg.cli.main import main
+from cli_helpers import assert_one_line_error, run
 
 COMMANDS = [["simulate"], ["label"], ["label", "synthetic"], ["label", "cryoppp"], ["label", "reproject"],
             ["train"], ["predict"], ["pick"], ["evaluate"], ["demo"]]
-
-
-def run(capsys, *argv):
-    "main(argv) → (exit code, stdout, stderr); argparse's SystemExit is turned into its code."
-    try:
-        rc = main([str(a) for a in argv])
-    except SystemExit as e:
-        rc = e.code
-    out, err = capsys.readouterr()
-    return rc, out, err
-
-
-def assert_one_line_error(rc, err, *contains):
-    assert rc == 2, (rc, err)
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1, err
-    assert lines[0].startswith("cryoseg ") and "error:" in lines[0], lines[0]
-    assert "Traceback" not in err
-    for c in contains:
-        assert c in lines[0], (c, lines[0])
 
 
 # --- help ------------------------------------------------------------------------------------------

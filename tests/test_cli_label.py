@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from cryoseg.cli.common import read_dataset_info
-from cryoseg.cli.main import main
+from cli_helpers import assert_one_line_error, run
 from cryoseg.coords import read_particles, write_particles
 from cryoseg.io import read_mask, read_micrograph, write_mask, write_micrograph
 from cryoseg.labels import disc_labels
@@ -20,23 +20,6 @@ SIZE, D = 256, 24.0
 # a chain of three touching discs, a touching pair, two apart (centres in pixels of a 256² micrograph)
 CENTRES = [(40, 40), (60, 43), (80, 40), (150, 150), (170, 162), (200, 60), (60, 200)]
 REAL = Path(__file__).resolve().parents[1] / "data" / "empiar10028-cryoppp"
-
-
-def run(capsys, *argv):
-    "main(argv) → (exit code, stdout, stderr); argparse's SystemExit is turned into its code."
-    try:
-        rc = main([str(a) for a in argv])
-    except SystemExit as e:
-        rc = e.code
-    out, err = capsys.readouterr()
-    return rc, out, err
-
-
-def assert_one_line_error(rc, err, *contains):
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert rc == 2 and len(lines) == 1 and "error:" in lines[0] and "Traceback" not in err, (rc, err)
-    for c in contains:
-        assert c in lines[0], (c, lines[0])
 
 
 def truth(i=0, centres=CENTRES, d=D):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from cryoseg.cli.main import main
+from cli_helpers import assert_one_line_error, run
 from cryoseg.cli.train import PICK_THRESHOLDS
 from cryoseg.data import SimulatedDataset, simulated_micrographs
 from cryoseg.simulate import SimConfig
@@ -15,24 +15,6 @@ from cryoseg.simulate import SimConfig
 torch.set_num_threads(1)
 
 TINY = dict(shape=[128, 128], n_particles=4, box_size=32, pixel_size_a=5.0)
-
-
-def run(capsys, *argv):
-    "main(argv) → (exit code, stdout, stderr); argparse's SystemExit is turned into its code."
-    try:
-        rc = main([str(a) for a in argv])
-    except SystemExit as e:
-        rc = e.code
-    out, err = capsys.readouterr()
-    return rc, out, err
-
-
-def assert_one_line_error(rc, err, *contains):
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert rc == 2 and len(lines) == 1, (rc, err)
-    assert lines[0].startswith("cryoseg train: error:") and "Traceback" not in err, lines[0]
-    for c in contains:
-        assert c in lines[0], (c, lines[0])
 
 
 def write_config(path, **fields):

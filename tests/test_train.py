@@ -514,14 +514,7 @@ def test_predict_tiled_peak_memory_bounded():
 
 
 # ---------------------------------------------------------------- the train command (issue 15)
-def _cli(capsys, *argv):
-    from cryoseg.cli.main import main
-    try:
-        rc = main([str(a) for a in argv])
-    except SystemExit as e:
-        rc = e.code
-    out, err = capsys.readouterr()
-    return rc, out, err
+from cli_helpers import run as _cli  # noqa: E402  (main(argv) → exit code, stdout, stderr)
 
 
 def _dataset(root, data, n=3):
