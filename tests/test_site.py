@@ -56,6 +56,7 @@ def make_course(nbs: Path):
         "#| eval: false\nraise RuntimeError('EVAL_FALSE_RAN')",
         "#| slow\nprint('SLOW_CELL_RAN')",
         "#| exporti\n_PRIVATE_HELPER = 'private export'",
+        "#| code-fold: true\n# Solution 1\nprint('FOLDED_SOLUTION_RAN')",
         "#| hide\nimport nbdev; nbdev.nbdev_export()",
     ])
     write_nb(nbs / "01_second.ipynb", [
@@ -113,6 +114,13 @@ def test_hidden_cells_removed_and_directives_stripped(site):
     page = read_page(out, "index")
     for hidden in ["SECRET_HIDDEN", "hidden cell ran", "default_exp", "_PRIVATE_HELPER", "nbdev_export", "#|"]:
         assert hidden not in page, hidden
+
+
+def test_solutions_folded(site):
+    "An exercise's solution (`#| code-fold: true`) is run and shown inside a closed <details>, titled by its comment."
+    page = read_page(site[0], "index")
+    fold = re.search(r'<details class="fold"><summary>(.*?)</summary>(.*?)</details>', page, re.S)
+    assert fold and fold[1] == "Solution 1" and "FOLDED_SOLUTION_RAN" in fold[2], page[-2000:]
 
 
 def test_export_cell_shown_as_signature_and_docstring(site):

@@ -42,6 +42,7 @@ from pygments.lexers import PythonLexer
 
 # Notebooks are matched by file name (without .ipynb) in this order; the others follow by name.
 COURSE_ORDER = ["index", "course", *[f"{i:02d}*" for i in range(12)], "20*", "21*"]
+CELL_TIMEOUT_S = 600          # one cell at most: a widget cell can miss its kernel's reply under nbclient and hang
 HIDDEN = {"hide", "exporti", "default_exp"}  # directives whose cells nbdev removes from its docs
 WIDGET = "application/vnd.jupyter.widget-view+json"
 MAX_LINES = 200  # longest text output shown
@@ -96,10 +97,11 @@ def execute(nb, cwd: Path, slow: bool, timeout_s: float):
     with client.setup_kernel(env=env, stderr=subprocess.DEVNULL):  # the kernel's own log, not the notebook's
         for i, cell in enumerate(nb.cells):
             if cell.cell_type != "code" or skip_reason(cell, slow): continue
-            client.timeout = max(1, int(deadline - time.monotonic()))
+            client.timeout = max(1, int(min(deadline - time.monotonic(), CELL_TIMEOUT_S)))
             try: client.execute_cell(cell, i)
             except CellTimeoutError:
-                msg = f"TimeoutError: the notebook ran past its {timeout_s:.0f} s (--timeout)"
+                msg = (f"TimeoutError: a cell ran past {CELL_TIMEOUT_S} s, or the notebook past its {timeout_s:.0f} s "
+                       "(--timeout)")
                 cell.outputs.append(nbformat.v4.new_output("error", ename="TimeoutError", evalue=msg, traceback=[msg]))
                 return i, msg
             except CellExecutionError as e:
@@ -214,6 +216,10 @@ def render_cell(cell, idx: int, page: Page, note) -> str:
     if "export" in d or "exports" in d: body = render_export(src)
     else: body = code(src) if src and d.get("echo") != "false" else ""
     if d.get("output") != "false": body += "".join(render_output(o, page) for o in cell.get("outputs", []))
+    if d.get("code-fold") == "true" and body:             # an exercise's solution: folded, as Quarto would
+        first = src.splitlines()[0].lstrip("# ").strip() if src.startswith("#") else "Solution"
+        body = f'<details class="fold"><summary>{html.escape(first or "Solution")}</summary>{body}</details>'
+
     if note and body: body += f'<p class="skipped">Not run in this build: {html.escape(note)}.</p>'
     return f'<div class="cell" id="cell-{idx + 1}">{body}</div>' if body else ""
 
