@@ -37,10 +37,11 @@ def read_picks(path, run: FolderRun | None = None):
     return (pd.concat(tables, ignore_index=True) if tables else None), [k for k in files]
 
 # %% ../../nbs/11f_cli_evaluate.ipynb #58cb5c63
-def evaluate_picks(picks, truth, diameter_px: float, frac: float = 0.5, micrographs=None):
+def evaluate_picks(picks, truth, diameter_px: float, frac: float = 0.5, micrographs=None, pixel_size_a=None):
     "Summed picking metrics and the per-micrograph table, from one matching (`cryoseg.metrics.picking_report`)."
     from cryoseg.metrics import picking_report
-    return picking_report(picks, truth, diameter_px=diameter_px, frac=frac, micrographs=micrographs)
+    return picking_report(picks, truth, diameter_px=diameter_px, frac=frac, micrographs=micrographs,
+                          pixel_size_a=pixel_size_a)
 
 
 def _pair(prob_path, mask_path, threshold: float):
@@ -107,7 +108,7 @@ def drop_border(table, shapes: dict, edge_px: float, what):
 # %% ../../nbs/11f_cli_evaluate.ipynb #57466a31
 def run_evaluate(picks: str | Path, truth: str | Path, diameter_px: float, out: str | Path | None = None,
                  frac: float = 0.5, probs=None, masks=None, threshold: float = 0.5, edge_px: float | None = None,
-                 micrographs=None, force: bool = False, argv=None) -> dict:
+                 micrographs=None, pixel_size_a: float | None = None, force: bool = False, argv=None) -> dict:
     """Picking (and pixel) metrics of `picks` against `truth`, with AP and the PR curve when the picks are scored;
     written to `out/metrics.json` (and `per_micrograph.csv`, `pr_curve.csv`) when `out` is given."""
     import math
@@ -136,7 +137,10 @@ def run_evaluate(picks: str | Path, truth: str | Path, diameter_px: float, out: 
         if edge_px is not None:
             shapes = micrograph_shapes(micrographs)
             tr, pk = drop_border(tr, shapes, edge_px, truth), drop_border(pk, shapes, edge_px, picks)
-        met, per = evaluate_picks(pk, tr, diameter_px, frac, micrographs=names)
+        if pixel_size_a is None and Path(truth).is_dir():     # a dataset folder knows its pixel size
+            from cryoseg.cli.common import read_dataset_info
+            pixel_size_a = (read_dataset_info(truth) or {}).get("pixel_size_a")
+        met, per = evaluate_picks(pk, tr, diameter_px, frac, micrographs=names, pixel_size_a=pixel_size_a)
         ranking, curve = ranking_metrics(pk, tr, diameter_px, frac, micrographs=names)
         metrics = dict(picking=dict(met, **(ranking or {})), **({} if pixel is None else dict(pixel=pixel)))
         if out is not None:
@@ -165,6 +169,9 @@ def add_parser(subparsers):
     p.add_argument("--edge-px", type=float, default=None,
                    help="leave out picks and true particles centred closer than this to the border (needs --micrographs)")
     path_args(p, required=False, micrographs="the micrographs (for their shapes, with --edge-px)")
+    p.add_argument("--pixel-size", dest="pixel_size_a", type=float, default=None, metavar="A",
+                   help="pixel size of the coordinates in Å, for the centre error in Å (default: the truth dataset's "
+                   "dataset.json, else none)")
     path_args(p, required=False, out="output folder (default: print only)")
     return p
 
