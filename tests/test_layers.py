@@ -15,7 +15,7 @@ PKG = ROOT / "cryoseg"
 LAYERS = {
     "core": 0, "particles": 0,
     "io": 1, "coords": 1, "fetch": 1,
-    "volumes": 2, "ctf": 2, "projection": 2, "simulate": 2,
+    "volumes": 2, "ctf": 2, "projection": 2, "simulate": 2, "randomize": 2,
     "preprocess": 3, "labels": 3, "datasets": 3,
     "data": 4, "models": 4, "train": 4, "predict": 4, "crf": 4, "pick": 4, "metrics": 4, "baselines": 4,
     "plots": 5, "widgets": 5,
@@ -25,7 +25,7 @@ LAYERS = {
 SAME_LAYER = {
     "particles": {"core"},
     "coords": {"particles", "io"}, "fetch": {"io"},
-    "simulate": {"volumes", "ctf", "projection"},
+    "simulate": {"volumes", "ctf", "projection"}, "randomize": {"simulate", "volumes", "ctf", "projection"},
     "labels": {"preprocess"}, "datasets": {"labels", "preprocess"},
     "data": set(), "train": {"data", "models", "metrics"}, "predict": {"models"},
     "baselines": {"pick", "metrics"},
