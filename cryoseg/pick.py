@@ -16,7 +16,7 @@ from .core import check_image, check_positive
 from .particles import make_particles
 
 # %% auto #0
-__all__ = ['find_peaks', 'split_touching_reference', 'pick_particles', 'find_peaks_torch', 'pick_particles_torch']
+__all__ = ['find_peaks', 'split_touching_reference', 'pick_particles', 'disc_scores', 'find_peaks_torch', 'pick_particles_torch']
 
 # %% ../nbs/08_pick.ipynb #c8918aba
 def _probability_map(prob) -> np.ndarray:
@@ -196,8 +196,8 @@ def _placement_ok(x: np.ndarray, y: np.ndarray, shape: tuple, edge_px: float | N
 def _check_pick_options(diameter_px, score, min_distance_frac, min_area_frac, max_area_frac) -> None:
     "The checks of `pick_particles`' options (both paths): a ValueError naming the bad one."
     check_positive(diameter_px, "diameter_px")
-    if score not in ("mean", "max"):
-        raise ValueError(f"score must be 'mean' or 'max', got {score!r}")
+    if score not in ("mean", "max", "disc"):
+        raise ValueError(f"score must be 'mean', 'max' or 'disc', got {score!r}")
     if min_distance_frac < 0 or min_area_frac < 0 or (max_area_frac is not None and max_area_frac <= 0):
         raise ValueError("min_distance_frac and min_area_frac must be >= 0 and max_area_frac > 0")
 
@@ -213,7 +213,7 @@ def pick_particles(
     junk_mask: np.ndarray | None = None,  # (H, W) 0/1; drop picks centred on junk
     micrograph: str = "",               # name written into the table
     split: bool = True,                 # split touching particles (distance transform + watershed)
-    score: str = "mean",                # "mean" or "max" probability in the region
+    score: str = "mean",                # "mean" or "max" P in the region, or "disc": mean P over the particle's disc
     device=None,                        # a torch device: steps 1-4 there (`pick_particles_torch`); a CUDA tensor too
 ) -> pd.DataFrame:
     """Particle centres from a probability map, as a particles table (`cryoseg.particles.make_particles`):
@@ -234,12 +234,28 @@ def pick_particles(
     if split:                             # step 3 (it keeps the foreground, so `idx` still holds)
         disc_area = np.pi * diameter_px**2 / 4
         lab, n = _split_touching(lab, n, min_distance_frac * diameter_px, min_area_frac * disc_area, idx)
-    x, y, area, sc = _region_stats(p, lab, n, idx, score)                    # step 4
+    x, y, area, sc = _region_stats(p, lab, n, idx, "mean" if score == "disc" else score)   # step 4
+    if score == "disc":
+        sc = disc_scores(p, x, y, diameter_px / 2)
     keep = _size_ok(area, diameter_px, min_area_frac, max_area_frac)          # step 5
     keep &= _placement_ok(x, y, p.shape, edge_px, None if junk is None else junk != 0)   # step 6
     order = np.argsort(-sc[keep], kind="stable")
     return make_particles(x[keep][order], y[keep][order], score=sc[keep][order], micrograph=micrograph,
                           diameter_px=diameter_px, area_px=area[keep][order])
+
+# %% ../nbs/08_pick.ipynb #3f94cf9a
+def disc_scores(p: np.ndarray, x, y, radius_px: float) -> np.ndarray:
+    "Mean of `p` over the pixels whose centres lie within `radius_px` of each `(x, y)` (float64, one per centre)."
+    H, W = p.shape
+    r = float(radius_px)
+    out = np.zeros(len(x))
+    for k, (cx, cy) in enumerate(zip(np.asarray(x, float), np.asarray(y, float))):
+        y0, y1 = max(int(np.floor(cy - r)), 0), min(int(np.ceil(cy + r)) + 1, H)
+        x0, x1 = max(int(np.floor(cx - r)), 0), min(int(np.ceil(cx + r)) + 1, W)
+        yy, xx = np.ogrid[y0:y1, x0:x1]
+        inside = (xx - cx) ** 2 + (yy - cy) ** 2 <= r * r
+        out[k] = float(p[y0:y1, x0:x1][inside].mean()) if inside.any() else float(p[int(round(cy)), int(round(cx))])
+    return out
 
 # %% ../nbs/08_pick.ipynb #953b8750
 def _as_tensor(a, device=None, dtype=None):
@@ -527,7 +543,9 @@ def pick_particles_torch(
         idx, region, n = _regions_torch(p, threshold, min_distance_frac * diameter_px, min_area_frac * disc_area, split)
         if n == 0:
             return make_particles([], [], score=[], micrograph=micrograph, diameter_px=diameter_px, area_px=[])
-        x, y, area, sc = _region_stats_torch(p, idx, region, n, score)
+        x, y, area, sc = _region_stats_torch(p, idx, region, n, "mean" if score == "disc" else score)
+    if score == "disc":
+        sc = disc_scores(p.detach().float().cpu().numpy(), x, y, diameter_px / 2)
     keep = _size_ok(area, diameter_px, min_area_frac, max_area_frac)
     keep &= _placement_ok(x, y, tuple(p.shape), edge_px, None if junk is None else junk != 0)
     order = np.argsort(-sc[keep], kind="stable")

@@ -124,7 +124,8 @@ def pick_one(path, out: Path, fm, opts: dict, replace: bool, write: bool = True)
     f = (frame["fx"] + frame["fy"]) / 2
     edge = None if opts["edge_px"] is None else opts["edge_px"] / f
     picks = pick_particles(prob, d, threshold=thr, min_area_frac=float(fitted.get("min_area_frac", 0.2)), edge_px=edge,
-                           micrograph=frame["micrograph"], device=opts["device"])
+                           micrograph=frame["micrograph"], device=opts["device"],
+                           score=opts.get("score") or fitted.get("score", "mean"))
     binned = opts["binned_frame"]
     if not binned:
         picks = to_original(picks, frame)
@@ -182,7 +183,7 @@ def run_pick(probs: str | Path | None, out: str | Path, diameter_px: float | Non
              threshold: float | None = None, edge_px: float | None = None, binned_frame: bool = False,
              formats="star,box", box_size_px: int | None = None, shard=None, device: str | None = None,
              method: str = "unet", micrographs=None, calibrate=None, pixel_size_a: float | None = None,
-             force: bool = False, progress: bool = True, argv=None):
+             score: str | None = None, force: bool = False, progress: bool = True, argv=None):
     """Pick particles in every probability map of `probs` (in `shard`), in the original micrographs' frame;
     returns the picks as one table. Diameter and threshold default to the model's (the maps' records).
     `method="blob"`: the blob picker on the `micrographs` instead (`--calibrate`: threshold fitted on a dataset)."""
@@ -200,6 +201,10 @@ def run_pick(probs: str | Path | None, out: str | Path, diameter_px: float | Non
     parse_shard(shard)
     opts = dict(diameter_px=diameter_px, diameter_a=diameter_a, threshold=threshold, edge_px=edge_px,
                 binned_frame=bool(binned_frame), box_size_px=box, device=device)
+    if score is not None:                  # recorded only when asked for: earlier runs' records stay the same
+        if score not in ("mean", "max", "disc"):
+            raise ValueError(f"--score {score!r}: choose mean, max or disc")
+        opts["score"] = score
     src = probs if method == "unet" else micrographs
     settings = dict(probs=absolute(probs), formats=fm, shard=shard, **opts)
     if method == "blob":
@@ -319,6 +324,10 @@ def add_parser(subparsers):
     p.add_argument("--device", default=None,
                    help="pick on this torch device, e.g. cuda (cryoseg.pick.pick_particles_torch: the CPU path's rules, "
                    "tested equal; on a CPU the default numpy path is ~14x faster)")
+    p.add_argument("--score", choices=("mean", "max", "disc"), default=None,
+                   help="each pick's score (its rank in AP): mean or max probability of its region, or disc: mean "
+                   "probability over the disc of the particle's diameter, which ranks fragments lower (default: the "
+                   "model's choice, e.g. disc for --model general; else mean)")
     p.add_argument("--binned-frame", action="store_true",
                    help="write coordinates in the maps' (binned) pixels instead of the original micrographs'")
     p.add_argument("--formats", default="star,box", help="comma-separated among star, box, csv, txt (default star,box)")
