@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
     args = make_parser().parse_args(argv)
     args.argv = ["cryoseg", *argv]
-    name = args.command + (f" {args.method}" if getattr(args, "method", None) else "")
+    name = args.command + (f" {args.method}" if args.command == "label" else "")   # label's methods are subcommands
     t0 = time.perf_counter()
     try:
         args.run(args)
