@@ -254,6 +254,12 @@ def plot_history(history, ax=None, metrics: Sequence[str] = ("val_iou", "val_f1"
     ax.plot(e, df["train_loss"], "o-", color="k", label="train loss")
     if "val_loss" in df: ax.plot(e, df["val_loss"], "s--", color="grey", label="val loss")
     ax.set_yscale("log"); ax.set_xlabel("epoch"); ax.set_ylabel("loss")
+    from matplotlib import ticker
+    ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))      # whole epochs, never 1.25
+    if df["train_loss"].max() / max(df["train_loss"].min(), 1e-12) < 100:   # under two decades: label 1-2-5 ticks
+        ax.yaxis.set_major_locator(ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        ax.yaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))
+        ax.yaxis.set_minor_formatter(ticker.NullFormatter())
     lines, labels = ax.get_legend_handles_labels()
     present = [m for m in metrics if m in df]
     if present:
@@ -263,5 +269,6 @@ def plot_history(history, ax=None, metrics: Sequence[str] = ("val_iou", "val_f1"
         l2, lb2 = ax2.get_legend_handles_labels(); lines += l2; labels += lb2
         best = df["val_iou"].idxmax() if "val_iou" in df else None
         if best is not None: ax.axvline(e[best], color="tab:green", lw=0.8, ls=":")
-    ax.legend(lines, labels, fontsize=8, loc="center right")
+    ax.legend(lines, labels, fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.01), ncol=min(len(labels), 6),
+              frameon=False)                                           # above the axes: it hides no curve
     return ax.figure

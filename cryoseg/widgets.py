@@ -97,9 +97,11 @@ def _browser_controls(names: list, lo: float, hi: float, pick_threshold: float |
                                                 description="micrograph"))
     if pick_threshold is not None:
         controls["threshold"] = widgets.FloatSlider(value=pick_threshold, min=0.05, max=0.95, step=0.05,
-                                                    description="P(particle) >", continuous_update=False)
+                                                    description="P(particle) >", continuous_update=False,
+                                                    style={"description_width": "initial"})   # the whole label, not cut
     controls["score_threshold"] = widgets.FloatSlider(value=lo, min=lo, max=hi, step=(hi - lo) / 100,
                                                       description="score ≥", continuous_update=False,
+                                                      style={"description_width": "initial"},
                                                       readout_format=".3g")
     controls["show_mask"] = widgets.Checkbox(value=has_masks, description="mask", disabled=not has_masks)
     return controls
