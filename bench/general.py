@@ -123,8 +123,16 @@ def topaz_row(val, test, d_bin, d_full, px_full, workdir):
         for m in mics:
             write_micrograph(w / split / f"{m['name']}.mrc", m["image"], m["pixel_size_a"], overwrite=True)
         out = w / f"{split}.txt"
+        # Topaz's models expect its own normalisation (`topaz preprocess`, a Gaussian-mixture fit per micrograph):
+        # on raw grey values its pretrained model extracts nothing (measured: 0 picks on 311_10028)
+        pre = subprocess.run([exe, "preprocess", "-s", "1", "-o", str(w / f"{split}_pre") + "/"]
+                             + [str(p) for p in sorted((w / split).glob("*.mrc"))], capture_output=True, text=True)
+        if pre.returncode != 0:
+            print(f"Topaz preprocess failed: {pre.stderr.strip()[-500:]}: row skipped")
+            return None
         c = [exe, "extract", "--radius", str(max(1, int(round(d_bin / 2)))), "--device", "-1", "-o", str(out)]
-        res = subprocess.run(c + [str(p) for p in sorted((w / split).glob("*.mrc"))], capture_output=True, text=True)
+        res = subprocess.run(c + [str(p) for p in sorted((w / f"{split}_pre").glob("*.mrc"))], capture_output=True,
+                             text=True)
         if res.returncode != 0:
             print(f"Topaz failed: {res.stderr.strip()[-500:]}: row skipped")
             return None
