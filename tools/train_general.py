@@ -50,6 +50,9 @@ def parse_args(argv=None):
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: all usable cores)")
     ap.add_argument("--out", default=str(ROOT / "cryoseg" / "weights"), help="folder for general.pt and general.md")
     ap.add_argument("--overwrite", action="store_true", help="replace an existing general.pt / general.md")
+    ap.add_argument("--set", dest="sets", action="append", default=[], metavar="FIELD=VALUE",
+                    help="change a cryoseg.randomize.Randomization range, e.g. --set p_uint8=0 (ablations of the "
+                    "simulator's realism knobs; the shipped model uses the defaults)")
     ap.add_argument("--card-only", action="store_true",
                     help="only rewrite <out>/general.md from the record stored in <out>/general.pt (no training)")
     ap.add_argument("--bench", default=None, metavar="RESULTS.json",
@@ -71,7 +74,7 @@ def binned(results):
     return images, masks, names, pd.concat(truth, ignore_index=True)
 
 
-def randomized_dataset(n_micrographs, crop_size, length, seed, p_particle=0.7):
+def randomized_dataset(n_micrographs, crop_size, length, seed, p_particle=0.7, rnd=None):
     "A torch Dataset of `SegDataset` crops from `n_micrographs` freshly randomised, binned micrographs per epoch."
     import torch
     from cryoseg.data import SegDataset
@@ -85,7 +88,7 @@ def randomized_dataset(n_micrographs, crop_size, length, seed, p_particle=0.7):
             self.epoch = int(epoch)
             if self._at != self.epoch:
                 t = time.perf_counter()
-                images, masks, names, _ = binned(randomized_micrographs(n_micrographs, seed, self.epoch))
+                images, masks, names, _ = binned(randomized_micrographs(n_micrographs, seed, self.epoch, rnd))
                 self.sim_s = time.perf_counter() - t
                 self._crops = SegDataset(images, masks, crop_size, length=length, p_particle=p_particle,
                                          augment=True, seed=seed, names=names)
@@ -233,7 +236,11 @@ def main(argv=None):
     threads = set_threads(a.threads)
     dev = get_device(a.device)
     t0 = time.perf_counter()
-    val_images, val_masks, val_names, val_truth = binned(randomized_micrographs(a.n_val, a.seed, None))
+    import json as _json
+    from dataclasses import replace
+    overrides = {k: _json.loads(v) for k, v in (item.split("=", 1) for item in a.sets)}
+    rnd = replace(Randomization(), **{k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()})
+    val_images, val_masks, val_names, val_truth = binned(randomized_micrographs(a.n_val, a.seed, None, rnd))
     print(f"validation: {a.n_val} randomised micrographs, {len(val_truth)} particles, "
           f"{time.perf_counter() - t0:.1f} s", flush=True)
     timing = None
@@ -247,7 +254,7 @@ def main(argv=None):
                           samples_per_epoch=a.samples_per_epoch, batch_size=a.batch, lr=a.lr, device=str(dev),
                           seed=a.seed, out_dir=work, progress=False)
         t1 = time.perf_counter()
-        res = fit(cfg, randomized_dataset(a.n_micrographs, a.crop, a.samples_per_epoch, a.seed),
+        res = fit(cfg, randomized_dataset(a.n_micrographs, a.crop, a.samples_per_epoch, a.seed, rnd=rnd),
                   (val_images, val_masks), scale=scale,
                   callback=lambda row: print(f"  epoch {row['epoch'] + 1}/{epochs}: loss {row['train_loss']:.3f}, val IoU "
                                              f"{row.get('val_iou', float('nan')):.3f} ({(time.perf_counter() - t1) / 60:.1f} min)",
@@ -256,11 +263,13 @@ def main(argv=None):
         with torch.inference_mode():
             picking = fit_picking(res["model"], val_images, val_names, val_truth, MODEL_DIAMETER_PX, device=dev)
         picking["fitted_on"] = "validation: held-out randomised simulations"
+        picking["score"] = "disc"   # `cryoseg pick` ranks this model's picks by the mean P over the particle's disc:
+        # zero-shot AP 0.825 against 0.774 with the region mean on the real sample (BENCHMARKS.md)
         record = dict(seed=a.seed, epochs=epochs, n_micrographs=a.n_micrographs, samples_per_epoch=a.samples_per_epoch,
                       crop=a.crop, batch=a.batch, lr=a.lr, n_val=a.n_val, best_epoch=int(res["best_epoch"]),
                       val_metrics={k: float(v) for k, v in res["best_metrics"].items()},
                       model_kwargs=dict(depth=a.depth, width=a.width), n_parameters=count_parameters(res["model"]),
-                      randomization={k: list(v) if isinstance(v, tuple) else v for k, v in asdict(Randomization()).items()},
+                      randomization={k: list(v) if isinstance(v, tuple) else v for k, v in asdict(rnd).items()},
                       train_minutes=train_min, total_minutes=(time.perf_counter() - t0) / 60, timing=timing,
                       machine=describe_machine(dev) + f"; torch threads {threads}",
                       date=datetime.date.today().isoformat(),
