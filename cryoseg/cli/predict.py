@@ -227,9 +227,9 @@ def run_predict(model: str | Path, data: str | Path, out: str | Path, tile_size:
             job["net"] = load_checkpoint(model_path, device=job["device"])[0].eval()
             check_tile_size(job["net"], tile_size)
         load = lambda p: load_micrograph(p, pixel_size_a, model_px, no_rescale, diameter_a, model_d)
-        bar = progress_bar(todo, progress, desc="predict" + (" + CRF" if refine else ""), unit="mic")
-        for p, loaded in prefetched(bar, load):
-            run.attempt(p, predict_one, p, loaded, job)
+        for p, loaded in progress_bar(prefetched(todo, load), progress, total=len(todo),
+                                      desc="predict" + (" + CRF" if refine else ""), unit="mic"):
+            run.attempt(p, predict_one, p, loaded, job)   # the bar advances as micrographs are done, not as read
         t_net, t_crf = job["t_net"], job["t_crf"]
         results = dict(device=str(job["device"]), n_micrographs=len(mics), seconds_predict=t_net.wall,
                        cpu_seconds_predict=t_net.cpu, seconds_crf=t_crf.wall, cpu_seconds_crf=t_crf.cpu,
