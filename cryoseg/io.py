@@ -22,8 +22,8 @@ from .core import robust_limits
 
 # %% auto #0
 __all__ = ['MRC_EXTENSIONS', 'IMAGE_EXTENSIONS', 'MICROGRAPH_EXTENSIONS', 'atomic_path', 'check_file', 'mrc_layout',
-           'read_micrograph', 'to_uint8', 'write_micrograph', 'read_mask', 'write_mask', 'ignored_name', 'output_stems',
-           'list_files', 'list_micrographs']
+           'read_micrograph', 'mrc_pixel_size', 'image_shape', 'to_uint8', 'write_micrograph', 'read_mask',
+           'write_mask', 'ignored_name', 'output_stems', 'list_files', 'list_micrographs']
 
 # %% ../nbs/01_io.ipynb #29e92bd5
 def _tmp_name(name: str) -> str:
@@ -196,8 +196,12 @@ def _read_mrc(path: Path, what: str = "micrograph") -> tuple[np.ndarray, float |
         raise ValueError(f"{path}: not a readable MRC file ({e})") from None
     if data is None or data.dtype.kind == "c":
         raise ValueError(f"{path}: unsupported MRC data (complex or missing)")
-    pix = float(f"{vs:.6g}") if (math.isfinite(vs) and vs > 0) else None
-    return data, pix
+    return data, _pixel_size(vs)
+
+
+def _pixel_size(vs: float) -> float | None:
+    "An MRC header's voxel size as the pixel size in Å (6 significant digits), None when unset (0) or not finite."
+    return float(f"{vs:.6g}") if (math.isfinite(vs) and vs > 0) else None
 
 
 def _read_tiff(path: Path) -> np.ndarray:
@@ -266,6 +270,29 @@ def read_micrograph(path: str | os.PathLike, check: bool = True) -> tuple[np.nda
     if check:
         _check_pixels(img, path)
     return np.ascontiguousarray(img), pix
+
+# %% ../nbs/01_io.ipynb #8b430b63
+def mrc_pixel_size(path: str | os.PathLike) -> float | None:
+    "The pixel size (Å/px) in the header of the MRC file `path`, read without its data; None for other formats or none."
+    path = check_file(path)
+    if _ext(path) not in MRC_EXTENSIONS:
+        return None
+    mrc_layout(path)                                      # the header is checked against the file first
+    with mrcfile.open(path, header_only=True, permissive=True) as m:
+        return _pixel_size(float(m.voxel_size.x))
+
+
+def image_shape(path: str | os.PathLike) -> tuple[int, int]:
+    "The `(H, W)` of the micrograph or mask `path`, from its header where the format has one."
+    path = check_file(path)
+    ext = _ext(path)
+    if ext in MRC_EXTENSIONS:
+        return tuple(int(s) for s in mrc_layout(path)[0][-2:])
+    if ext in (".png", ".jpg", ".jpeg"):
+        from PIL import Image
+        with Image.open(path) as im:
+            return im.height, im.width
+    return tuple(read_micrograph(path, check=False)[0].shape)
 
 # %% ../nbs/01_io.ipynb #065feeea
 def to_uint8(img: np.ndarray, lo: float = 0.1, hi: float = 99.9) -> np.ndarray:

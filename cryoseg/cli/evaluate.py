@@ -78,17 +78,9 @@ def ranking_metrics(picks, truth, diameter_px: float, frac: float = 0.5, microgr
 
 
 def micrograph_shapes(folder) -> dict:
-    "`{name: (H, W)}` of the micrographs in `folder`, read from the headers (MRC) or image sizes, not the pixels."
-    from PIL import Image
-    from cryoseg.io import list_micrographs, mrc_layout
-    shapes = {}
-    for p in list_micrographs(folder):
-        if p.suffix.lower() in (".mrc", ".mrcs", ".map"):
-            shapes[stem(p)] = tuple(mrc_layout(p)[0][-2:])
-        else:
-            with Image.open(p) as im:
-                shapes[stem(p)] = (im.height, im.width)
-    return shapes
+    "`{name: (H, W)}` of the micrographs in `folder`, from their headers where the format has one (`cryoseg.io.image_shape`)."
+    from cryoseg.io import image_shape, list_micrographs
+    return {stem(p): image_shape(p) for p in list_micrographs(folder)}
 
 
 def drop_border(table, shapes: dict, edge_px: float, what):

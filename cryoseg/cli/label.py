@@ -18,13 +18,13 @@ from .common import (DATASET_INFO, FolderRun, absolute, add_command, call, check
 
 # %% auto #0
 __all__ = ['NAME_SUFFIXES', 'MASK_KINDS', 'NO_DIAMETER_NOTE', 'METHODS', 'paired_inputs', 'coordinate_of', 'label_outputs',
-           'write_labels', 'link', 'link_inputs', 'disc_diameters', 'header_pixel_size', 'image_shape',
-           'dataset_pixel_size', 'label_scale', 'split_names', 'base_name', 'pair_file', 'mask_files', 'mask_kind',
-           'read_label_mask', 'mask_instances', 'dataset_outputs', 'bin_labels', 'must_copy', 'write_item', 'masks_one',
-           'file_tables', 'particles_for', 'table_diameter', 'files_diameter', 'coords_one', 'micrograph_entries',
-           'finish_dataset', 'label_folder', 'scale_settings', 'run_label_masks', 'run_label_coords',
-           'synthetic_labels', 'synthetic_one', 'run_label_synthetic', 'cryoppp_records', 'run_label_cryoppp',
-           'reproject_one', 'run_label_reproject', 'scale_args', 'add_parser', 'run']
+           'write_labels', 'link', 'link_inputs', 'disc_diameters', 'dataset_pixel_size', 'label_scale', 'split_names',
+           'base_name', 'pair_file', 'mask_files', 'mask_kind', 'read_label_mask', 'mask_instances', 'dataset_outputs',
+           'bin_labels', 'must_copy', 'write_item', 'masks_one', 'file_tables', 'particles_for', 'table_diameter',
+           'files_diameter', 'coords_one', 'micrograph_entries', 'finish_dataset', 'label_folder', 'scale_settings',
+           'run_label_masks', 'run_label_coords', 'synthetic_labels', 'synthetic_one', 'run_label_synthetic',
+           'cryoppp_records', 'run_label_cryoppp', 'reproject_one', 'run_label_reproject', 'scale_args', 'add_parser',
+           'run']
 
 # %% ../../nbs/11b_cli_label.ipynb #95034f44
 def paired_inputs(data: str | Path, run: FolderRun | None = None) -> tuple[list[Path], dict[str, Path]]:
@@ -91,43 +91,16 @@ def disc_diameters(particles, diameter_px, path):
     return d
 
 # %% ../../nbs/11b_cli_label.ipynb #31bb04f5
-def header_pixel_size(path) -> float | None:
-    "The pixel size (Å/px) in the header of the MRC file `path`, read without its data; None for image formats or none."
-    import math
-    import mrcfile
-    from cryoseg.io import MRC_EXTENSIONS, check_file, mrc_layout
-    path = check_file(path)
-    if path.suffix.lower() not in MRC_EXTENSIONS:
-        return None
-    mrc_layout(path)                                      # the header is checked against the file first
-    with mrcfile.open(path, header_only=True, permissive=True) as m:
-        vs = float(m.voxel_size.x)
-    return float(f"{vs:.6g}") if math.isfinite(vs) and vs > 0 else None
-
-
-def image_shape(path) -> tuple[int, int]:
-    "The `(H, W)` of the micrograph or mask `path`, from its header where the format has one."
-    from cryoseg.io import MRC_EXTENSIONS, check_file, mrc_layout, read_micrograph
-    path = check_file(path)
-    ext = path.suffix.lower()
-    if ext in MRC_EXTENSIONS:
-        return tuple(int(s) for s in mrc_layout(path)[0][-2:])
-    if ext in (".png", ".jpg", ".jpeg"):
-        from PIL import Image
-        with Image.open(path) as im:
-            return im.height, im.width
-    return tuple(read_micrograph(path, check=False)[0].shape)
-
-
 def dataset_pixel_size(mics, pixel_size_a: float | None = None, strict: bool = True) -> float | None:
     """The pixel size of the micrographs `mics`: `pixel_size_a` when given (a warning names a header that disagrees by
     > 1 %), else their headers' common value (None if none has one). Headers that disagree, or some micrographs with
     and some without: with `strict` a `ValueError` naming two files, else None."""
     from cryoseg.core import check_positive
+    from cryoseg.io import mrc_pixel_size
     heads = {}
     for p in mics:
         try:
-            heads[p] = header_pixel_size(p)
+            heads[p] = mrc_pixel_size(p)                  # the header only
         except (OSError, ValueError):                     # unreadable: that micrograph fails on its own turn
             pass
     known = {p: v for p, v in heads.items() if v is not None}
@@ -444,6 +417,7 @@ def coords_one(mic: Path, particles_of, out: Path, scale: dict, replace: bool) -
 def micrograph_entries(out: Path, sources: dict, failed=()) -> dict:
     """`dataset.json`'s `micrographs`: `{name: {source, original_shape, shape}}` for the micrographs of `sources`
     (`{name: input file}`) labelled in `out` (their mask exists) and not in `failed`, from the files' headers."""
+    from cryoseg.io import image_shape
     failed, done = set(failed), {}
     for n, src in sorted(sources.items()):
         mask = out / "masks" / f"{n}.mrc"

@@ -74,13 +74,13 @@ def map_frame(path, shape, rec: dict | None, pixel_size_a: float | None) -> dict
     `micrograph` (the original's file name), `pixel_size_a` of the map and `original_pixel_size_a`."""
     if rec is None:
         return dict(fx=1.0, fy=1.0, micrograph=f"{stem(path)}.mrc", pixel_size_a=pixel_size_a,
-                    original_pixel_size_a=pixel_size_a)
+                    original_pixel_size_a=pixel_size_a, map_shape=tuple(shape), original_shape=tuple(shape))
     if list(shape) != list(rec["map_shape"]):
         raise ValueError(f"{path}: map of shape {tuple(shape)}, but its record {Path(path).with_suffix('.json').name} "
                          f"says {tuple(rec['map_shape'])}; the two are from different runs: re-run `cryoseg predict`")
     (H, W), (h, w) = rec["original_shape"], shape
     return dict(fx=W / w, fy=H / h, micrograph=rec["micrograph"], pixel_size_a=rec.get("pixel_size_a") or pixel_size_a,
-                original_pixel_size_a=rec.get("original_pixel_size_a"))
+                original_pixel_size_a=rec.get("original_pixel_size_a"), map_shape=(h, w), original_shape=(H, W))
 
 # %% ../../nbs/11e_cli_pick.ipynb #51522f71
 def map_diameter(path, rec, frame, diameter_px, diameter_a) -> float:
@@ -100,11 +100,11 @@ def map_diameter(path, rec, frame, diameter_px, diameter_a) -> float:
 
 
 def to_original(picks, frame: dict):
-    "Picks in map pixels → the original micrograph's pixels (x, y, diameter, area), named after the original."
-    fx, fy = frame["fx"], frame["fy"]
-    out = picks.assign(x=picks["x"] * fx, y=picks["y"] * fy, diameter_px=picks["diameter_px"] * (fx + fy) / 2,
-                       micrograph=frame["micrograph"])
-    return out.assign(area_px=out["area_px"] * fx * fy) if "area_px" in out.columns else out
+    """Picks in map pixels → the original micrograph's pixels (x, y, diameter by `cryoseg.particles.scale_particles`,
+    the inverse of the Fourier crop `predict` made; area too), named after the original."""
+    from cryoseg.particles import scale_particles
+    out = scale_particles(picks, frame["map_shape"], frame["original_shape"]).assign(micrograph=frame["micrograph"])
+    return out.assign(area_px=out["area_px"] * frame["fx"] * frame["fy"]) if "area_px" in out.columns else out
 
 
 def pick_outputs(out: Path, name: str, fm) -> list[Path]:

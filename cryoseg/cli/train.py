@@ -55,11 +55,11 @@ def _folder_scale(info: dict | None, fd, where) -> dict:
     return dict(pixel_size_a=px, diameter_px=None, diameter_a=None, bin_factor=1.0)
 
 
-def _same_scale(a: dict, b: dict, data, val) -> None:
+def _same_scale(a: dict, b: dict, what: str, val, hint: str) -> None:
+    "Refuse the validation folder `val` (scale `b`) when its pixel size or diameter differs from `what`'s (`a`) by > 2 %."
     for k, unit in (("pixel_size_a", "Å/px"), ("diameter_px", "px")):
         if a[k] and b[k] and abs(a[k] / b[k] - 1) > 0.02:
-            raise ValueError(f"{val}: {k} {b[k]:g} {unit}, but the training folder {data} has {a[k]:g} {unit}; "
-                             "label both at one scale (cryoseg label ... --target-diameter-px)")
+            raise ValueError(f"{val}: {k} {b[k]:g} {unit}, but {what} has {a[k]:g} {unit}; {hint}")
 
 
 def training_sets(data, val=None):
@@ -77,7 +77,8 @@ def training_sets(data, val=None):
     if val is None:
         return tr, None, scale
     va = load_folder(val)
-    _same_scale(scale, _folder_scale(read_dataset_info(val), va, val), data, val)
+    _same_scale(scale, _folder_scale(read_dataset_info(val), va, val), f"the training folder {data}", val,
+                "label both at one scale (cryoseg label ... --target-diameter-px)")
     return tr, va, scale
 
 # %% ../../nbs/11c_cli_train.ipynb #79e7bfbe
@@ -201,11 +202,8 @@ def simulated_sets(simulate, cfg, val=None, sim_val: int = 2, sim_device=None):
     scale, truth = tr.scale, None
     if val is not None:
         va = load_folder(val)
-        vs = _folder_scale(read_dataset_info(val), va, val)
-        for k, unit in (("pixel_size_a", "Å/px"), ("diameter_px", "px")):
-            if vs[k] and abs(vs[k] / scale[k] - 1) > 0.02:
-                raise ValueError(f"{val}: {k} {vs[k]:g} {unit}, but the simulation {simulate} has {scale[k]:g} {unit}; "
-                                 "validate at the simulation's scale (or use --sim-val)")
+        _same_scale(scale, _folder_scale(read_dataset_info(val), va, val), f"the simulation {simulate}", val,
+                    "validate at the simulation's scale (or use --sim-val)")
     else:
         res = simulated_micrographs(sim, int(sim_val), cfg.seed, volume=tr.volume, device=dev)
         va = FolderData([r.image for r in res], [r.mask for r in res], [r.params["name"] for r in res],
