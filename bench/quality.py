@@ -73,55 +73,16 @@ def load_split(root: Path):
 N_BOOT = 1000
 
 
-def _thresholds(scores: np.ndarray, n: int = 50) -> np.ndarray:
-    "pr_curve's default thresholds: every score when there are few, else n quantiles (the lowest included)."
-    u = np.unique(scores)
-    return u if len(u) <= n else np.unique(np.quantile(scores, np.linspace(0, 1, n)))
-
-
-def _counts(picks, truth, names, diameter, thresholds) -> np.ndarray:
-    """Per-micrograph counts `(n_micrographs, 1 + n_thresholds, 3)` = (n_picks, n_matched, n_true): first with
-    every pick (the picker's own threshold), then at each score threshold (descending)."""
-    from cryoseg.metrics import picking_table
-    cols = ["n_picks", "n_matched", "n_true"]
-    tabs = [picking_table(picks, truth, diameter, micrographs=names, total=False)]
-    tabs += [picking_table(picks, truth, diameter, micrographs=names, total=False, score_threshold=float(t))
-             for t in np.sort(thresholds)[::-1]]
-    return np.stack([t[cols].to_numpy(np.float64) for t in tabs], axis=1)
-
-
-def _scores_from(c: np.ndarray) -> tuple[float, float, float]:
-    "(F1 with every pick, best F1 over thresholds, AP) from counts summed over micrographs `(1 + n_thr, 3)`."
-    from cryoseg.metrics import average_precision, picking_scores
-    f1 = picking_scores(int(c[0, 1]), int(c[0, 0]), int(c[0, 2]))["f1"]
-    curve = pd.DataFrame([dict(n_picks=int(p), **picking_scores(int(m), int(p), int(t))) for p, m, t in c[1:]])
-    if len(curve) == 0:
-        return f1, f1, 0.0
-    return f1, float(curve["f1"].max()), average_precision(curve)
-
-
-def bootstrap(counts: np.ndarray, n_boot: int = N_BOOT, seed: int = 0) -> dict:
-    """95 % percentile intervals of F1 and AP over `n_boot` resamplings of the micrographs (with replacement),
-    thresholds fixed at the full sample's. With few test micrographs the interval is itself rough."""
-    rng = np.random.default_rng(seed)
-    m = len(counts)
-    f1s, aps = [], []
-    for _ in range(n_boot):
-        f1, _, ap = _scores_from(counts[rng.integers(0, m, m)].sum(0))
-        f1s.append(f1); aps.append(ap)
-    f1_ci, ap_ci = np.percentile(f1s, [2.5, 97.5]), np.percentile(aps, [2.5, 97.5])
-    return dict(f1_lo=float(f1_ci[0]), f1_hi=float(f1_ci[1]), ap_lo=float(ap_ci[0]), ap_hi=float(ap_ci[1]))
-
-
 def score(picks, truth, names, diameter, preds=None, targets=None, n_boot: int = N_BOOT) -> dict:
-    from cryoseg.metrics import picking_metrics, pixel_metrics
+    "Picking scores with 95 % bootstrap intervals over micrographs (`cryoseg.metrics.picking_intervals`), pixel scores."
+    from cryoseg.metrics import picking_intervals, picking_metrics, pixel_metrics, pr_curve
     m = picking_metrics(picks, truth, diameter, micrographs=names)
-    scores = picks["score"].to_numpy(np.float64) if len(picks) else np.zeros(0)
-    counts = _counts(picks, truth, names, diameter, _thresholds(scores))
-    f1, f1_best, ap = _scores_from(counts.sum(0))
+    iv = picking_intervals(picks, truth, diameter, n_boot=n_boot, micrographs=names)
+    curve = pr_curve(picks, truth, diameter, micrographs=names)
+    f1_best = float(curve["f1"].max()) if len(curve) else m["f1"]
     row = dict(precision=m["precision"], recall=m["recall"], f1=m["f1"], f1_best=f1_best, n_picks=m["n_picks"],
-               ap=ap, **bootstrap(counts, n_boot))
-    assert abs(f1 - m["f1"]) < 1e-12, (f1, m["f1"])
+               ap=iv["ap"], f1_lo=iv["f1_lo"], f1_hi=iv["f1_hi"], ap_lo=iv["ap_lo"], ap_hi=iv["ap_hi"])
+    assert abs(iv["f1"] - m["f1"]) < 1e-12, (iv["f1"], m["f1"])
     if preds is not None:
         px = pixel_metrics(preds, targets)
         row.update(pixel_precision=px["precision"], pixel_recall=px["recall"], pixel_iou=px["iou"])

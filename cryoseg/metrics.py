@@ -14,7 +14,7 @@ from .particles import micrograph_key
 # %% auto #0
 __all__ = ['RULES', 'PR_COLUMNS', 'confusion_counts', 'pixel_scores', 'pixel_metrics', 'as_xy', 'match_picks', 'box_iou',
            'match_boxes', 'pick_outcomes', 'picking_scores', 'picking_metrics', 'picking_table', 'picking_report',
-           'micrograph_rows', 'pr_curve', 'average_precision', 'metrics_table']
+           'micrograph_rows', 'pr_curve', 'average_precision', 'picking_intervals', 'metrics_table']
 
 # %% ../nbs/09_metrics.ipynb #52735027
 _NOT_BINARY = ("{} must be a binary mask (bool or 0/1), got values other than 0 and 1 "
@@ -590,14 +590,98 @@ def average_precision(curve, truth=None, diameter_px: float | None = None, **kwa
     if not {"precision", "recall"} <= set(getattr(curve, "columns", [])):
         raise ValueError("average_precision needs a pr_curve table (columns precision, recall) or picks, truth, diameter_px")
     c = curve[curve["n_picks"] > 0] if "n_picks" in curve.columns else curve
-    if len(c) == 0:
+    return _ap(c["recall"].to_numpy(np.float64), c["precision"].to_numpy(np.float64))
+
+
+def _ap(r: np.ndarray, p: np.ndarray, keep: np.ndarray | None = None) -> float:
+    "`average_precision` of recall and precision arrays (the points where `keep` is False left out)."
+    if keep is not None:
+        r, p = r[keep], p[keep]
+    if len(r) == 0:
         return 0.0
-    r = c["recall"].to_numpy(np.float64); p = c["precision"].to_numpy(np.float64)
     order = np.lexsort((-p, r))
     r, p = r[order], p[order]
     p_int = np.maximum.accumulate(p[::-1])[::-1]         # best precision at recall >= r
     r_prev = np.concatenate([[0.0], r[:-1]])
     return float(np.sum((r - r_prev) * p_int))
+
+# %% ../nbs/09_metrics.ipynb #ebccff62
+def _curve_scores(n_p, n_c, n_m, n_t) -> tuple:
+    "Arrays `(precision, recall, f1)` from count arrays, with `picking_scores`'s rules (0/0 = 1 only when perfect)."
+    n_p, n_c, n_m, n_t = (np.asarray(a, np.float64) for a in (n_p, n_c, n_m, n_t))
+    perfect = (n_c == n_p) & (n_m == n_t)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        p = np.where(n_p > 0, n_c / n_p, perfect.astype(float))
+        r = np.where(n_t > 0, n_m / n_t, perfect.astype(float))
+        f1 = np.where(p + r > 0, 2 * p * r / (p + r), 0.0)
+    return p, r, f1
+
+
+def _micrograph_counts(picks, truth, diameter_px, ts, frac, rule, min_iou, box_px, micrographs, missing):
+    """`(names, counts)`: counts `(n_micrographs, len(ts), 4)` = (n_picks, n_correct, n_matched, n_true) of each
+    micrograph at each threshold of `ts`, as `pr_curve` counts them for all micrographs together."""
+    radius = _check_rule(rule, diameter_px, frac)
+    box = diameter_px if box_px is None else box_px
+    pxy, score, pkeys, pc = _split(picks, "picks")
+    txy, _, tkeys, tc = _split(truth, "truth")
+    pkeys, tkeys, names = _names(pkeys, np.bincount(pc, minlength=len(pkeys)), tkeys,
+                                 np.bincount(tc, minlength=len(tkeys)), micrographs, missing)
+    pm, tm = _index(pkeys, pc, names), _index(tkeys, tc, names)
+    counts = np.zeros((len(names), len(ts), 4))
+    for k in range(len(names)):
+        a, b = pm == k, tm == k
+        counts[k, :, 3] = b.sum()
+        if a.any():
+            c = _pr_counts(pxy[a], pm[a] * 0, score[a], txy[b], tm[b] * 0, ts, rule, radius, box, min_iou)
+            counts[k, :, :3] = np.asarray(c, np.float64).reshape(len(ts), 3)
+    return names, counts
+
+
+def picking_intervals(picks, truth, diameter_px: float, n_boot: int = 1000, level: float = 0.95, seed=0,
+                      thresholds=None, n_thresholds: int = 50, frac: float = 0.5, rule: str = "distance",
+                      min_iou: float = 0.5, box_px: float | None = None, micrographs=None,
+                      missing: str = "error") -> dict:
+    """F1 (every pick kept) and AP with bootstrap percentile intervals over micrographs.
+
+    Micrographs are resampled with replacement `n_boot` times (`seed`: an int or a `np.random.Generator`), the
+    counts summed and F1 and AP recomputed with the thresholds fixed at the full sample's (`pr_curve`'s
+    default, or `thresholds`). Micrographs, not particles, are the unit: particles on one micrograph share its
+    ice, defocus and dose. Returns `dict(f1, f1_lo, f1_hi, ap, ap_lo, ap_hi, n_micrographs, n_boot, level)`;
+    `f1` and `ap` equal `picking_metrics` and `average_precision` on the full sample. With few micrographs the
+    interval is rough (and 0 wide with one)."""
+    if not isinstance(picks, pd.DataFrame) or "score" not in picks.columns:
+        raise ValueError("picking_intervals needs a particles table with a 'score' column")
+    if not (0 < level < 1):
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    if int(n_boot) < 1:
+        raise ValueError(f"n_boot must be >= 1, got {n_boot}")
+    s = picks["score"].to_numpy(np.float64)
+    if np.isnan(s).any():
+        raise ValueError(f"{int(np.isnan(s).sum())} pick(s) have no score (NaN); AP needs scores")
+    if thresholds is None:
+        u = np.unique(s)
+        thresholds = u if len(u) <= n_thresholds else np.unique(np.quantile(s, np.linspace(0, 1, n_thresholds)))
+    lowest = float(s.min()) if len(s) else 0.0         # every pick is kept at the lowest score
+    ts = [lowest] + [float(t) for t in np.sort(np.asarray(thresholds, np.float64))[::-1]]
+    names, counts = _micrograph_counts(picks, truth, diameter_px, ts, frac, rule, min_iou, box_px, micrographs, missing)
+    if len(names) == 0:
+        raise ValueError("picking_intervals: no micrograph to resample")
+    rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+    idx = rng.integers(0, len(names), (int(n_boot), len(names)))
+
+    def scores(c):                                    # c: (..., T, 4) summed counts -> (F1 of every pick, AP)
+        p, r, f1 = _curve_scores(*np.moveaxis(c, -1, 0))
+        ap = [_ap(rr[k], pp[k]) for rr, pp, k in zip(r.reshape(-1, len(ts))[:, 1:], p.reshape(-1, len(ts))[:, 1:],
+                                                         c.reshape(-1, len(ts), 4)[:, 1:, 0] > 0)]
+        return f1[..., 0], np.asarray(ap)
+
+    f1, ap = scores(counts.sum(0))
+    f1_b, ap_b = scores(counts[idx].sum(1))
+    q = [50 * (1 - level), 50 * (1 + level)]
+    (f1_lo, f1_hi), (ap_lo, ap_hi) = np.percentile(f1_b, q), np.percentile(ap_b, q)
+    return dict(f1=float(f1), f1_lo=float(f1_lo), f1_hi=float(f1_hi), ap=float(ap[0]), ap_lo=float(ap_lo),
+                ap_hi=float(ap_hi), n_micrographs=len(names), n_boot=int(n_boot), level=float(level))
+
 
 # %% ../nbs/09_metrics.ipynb #90499f0d
 def metrics_table(results: dict, columns=("precision", "recall", "f1", "n_picks", "n_true", "n_matched",

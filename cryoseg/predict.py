@@ -18,7 +18,7 @@ from .models import TorchvisionSeg, UNet
 from .preprocess import normalize
 
 # %% auto #0
-__all__ = ['TTA_CHOICES', 'min_tile_size', 'predict_tiled']
+__all__ = ['TTA_CHOICES', 'min_tile_size', 'predict_tiled', 'predict_many']
 
 # %% ../nbs/06a_predict.ipynb #f7bbb8f8
 def _starts(n: int, tile: int, step: int) -> list[int]:
@@ -156,30 +156,42 @@ def _check_logits(logits: torch.Tensor, x: torch.Tensor, th: int, tw: int) -> No
                          f"{tuple(logits.shape)} for input {tuple(x.shape)}")
 
 
-def _blend(net: nn.Module, src: torch.Tensor, tile_size: int, overlap: int, batch_size: int, amp: bool,
-           progress: bool, floor: int = 0) -> torch.Tensor:
-    "P(particle) `(H, W)` on `src`'s device: the network over overlapping tiles of `src`, blended (see above)."
-    from tqdm.auto import tqdm
-    dev, (H, W) = src.device, src.shape
+def _geometry(H: int, W: int, tile_size: int, overlap: int, floor: int = 0) -> tuple:
+    "`(th, tw, overlap, row starts, column starts)` of the tiles of an `(H, W)` micrograph."
     th, tw = (_tile_len(n, int(tile_size), int(overlap), floor) for n in (H, W))
     ov = min(int(overlap), th // 2, tw // 2)           # at most half a tile
-    ys, xs = _starts(H, th, max(th - ov, 1)), _starts(W, tw, max(tw - ov, 1))
-    tiles = [(y, x) for y in ys for x in xs]
-    weight = _TileWeights(H, W, th, tw, ov, dev)
+    return th, tw, ov, _starts(H, th, max(th - ov, 1)), _starts(W, tw, max(tw - ov, 1))
+
+
+def _blend(net: nn.Module, srcs: list[torch.Tensor], tile_size: int, overlap: int, batch_size: int, amp: bool,
+           progress: bool, floor: int = 0) -> list[torch.Tensor]:
+    """P(particle) `(H, W)` of each micrograph of `srcs` (on their device): the network over overlapping tiles,
+    blended (see above). Tiles of the same size share batches of `batch_size` across micrographs, in raster
+    order within each, so one micrograph's batches are the same alone or in company."""
+    from tqdm.auto import tqdm
+    dev = srcs[0].device
+    geo = [_geometry(*s.shape, tile_size, overlap, floor) for s in srcs]
+    weights = [_TileWeights(*s.shape, th, tw, ov, dev) for s, (th, tw, ov, _, _) in zip(srcs, geo)]
+    groups = {}
+    for i, (th, tw, _, ys, xs) in enumerate(geo):
+        groups.setdefault((th, tw), []).extend((i, y, x) for y in ys for x in xs)
+    batches = [(th, tw, g[b:b + batch_size]) for (th, tw), g in groups.items() for b in range(0, len(g), batch_size)]
     use_amp = amp and dev.type == "cuda"
     amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
-    acc = torch.zeros((H, W), dtype=torch.float32, device=dev)
-    for b0 in tqdm(range(0, len(tiles), batch_size), desc="tiles", disable=not progress, unit="batch"):
-        chunk = tiles[b0:b0 + batch_size]
-        x = torch.stack([src[y:y + th, x:x + tw] for y, x in chunk])[:, None]
+    accs = [torch.zeros(s.shape, dtype=torch.float32, device=dev) for s in srcs]
+    for th, tw, chunk in tqdm(batches, desc="tiles", disable=not progress, unit="batch"):
+        x = torch.stack([srcs[i][y:y + th, x0:x0 + tw] for i, y, x0 in chunk])[:, None]
         with torch.autocast(device_type=dev.type, dtype=amp_dtype, enabled=use_amp):
             logits = net(x)
         _check_logits(logits, x, th, tw)
-        for (y, x0), p in zip(chunk, logits.float().softmax(1)[:, 1]):
-            acc[y:y + th, x0:x0 + tw].addcmul_(weight(y, x0), p)
-    for w, shape in ((_axis_weight(H, th, ys, ov), (H, 1)), (_axis_weight(W, tw, xs, ov), (1, W))):
-        acc.div_(torch.from_numpy(w).to(dev).clamp_min(1e-12).view(shape))   # the summed weight, in place
-    return acc
+        for (i, y, x0), p in zip(chunk, logits.float().softmax(1)[:, 1]):
+            accs[i][y:y + th, x0:x0 + tw].addcmul_(weights[i](y, x0), p)
+    for acc, (th, tw, ov, ys, xs) in zip(accs, geo):
+        H, W = acc.shape
+        for w, shape in ((_axis_weight(H, th, ys, ov), (H, 1)), (_axis_weight(W, tw, xs, ov), (1, W))):
+            acc.div_(torch.from_numpy(w).to(dev).clamp_min(1e-12).view(shape))   # the summed weight, in place
+    return accs
+
 
 # %% ../nbs/06a_predict.ipynb #ea4a3e0a
 TTA_CHOICES = ("none", "rot180", "dihedral")
@@ -215,32 +227,60 @@ def predict_tiled(model: nn.Module,
     map comes back. On the CPU the network runs channels-last, one tile at a time by default. With `tta`, the
     maps of the rotated (and flipped) micrograph, turned back, are averaged: "rot180" cancels any constant
     shift the network learned (see below), "dihedral" makes the map equivariant to the square's 8 symmetries."""
-    a = np.asarray(img)
-    if a.ndim != 2:
-        raise ValueError(f"predict_tiled expects a 2D micrograph (H, W), got shape {a.shape}")
+    return predict_many(model, [img], tile_size, overlap, batch_size, device, normalize_input, amp, progress, tta)[0]
+
+
+# %% ../nbs/06a_predict.ipynb #3404b183
+def _check_images(model: nn.Module, images, tile_size: int, overlap: int, batch_size: int | None, dev: torch.device,
+                  normalize_input: bool, tta: str) -> tuple[list[np.ndarray], int, int]:
+    "`(arrays, batch_size, minimum tile)`, or a clear error naming the micrograph (its index when there are several)."
+    arrays = [np.asarray(a) for a in images]
     if tta not in TTA_CHOICES:
         raise ValueError(f"tta must be one of {TTA_CHOICES}, got {tta!r}")
-    dev = get_device(device)
     batch_size = int(batch_size if batch_size is not None else 16 if dev.type == "cuda" else 1)
     if int(tile_size) < 1 or int(overlap) < 0 or batch_size < 1:
         raise ValueError(f"need tile_size >= 1, overlap >= 0 and batch_size >= 1, "
                          f"got tile_size={tile_size}, overlap={overlap}, batch_size={batch_size}")
-    H, W = a.shape
     need = min_tile_size(model)
-    if int(tile_size) < need and int(tile_size) < max(H, W):
-        raise ValueError(f"tile_size={tile_size} is below this network's minimum tile, {need} px (its receptive "
-                         f"field, cryoseg.predict.min_tile_size): smaller tiles make the map depend on where they "
-                         f"are cut; use tile_size >= {need}")
-    if not normalize_input and not np.isfinite(a).all():
-        raise ValueError(f"micrograph contains {int((~np.isfinite(a)).sum())} non-finite pixels (NaN/inf)")
-    src = _source(a, dev, normalize_input)
+    for i, a in enumerate(arrays):
+        what = "micrograph" if len(arrays) == 1 else f"micrograph {i}"
+        if a.ndim != 2:
+            raise ValueError(f"predict_tiled expects a 2D micrograph (H, W), got shape {a.shape} ({what})")
+        if int(tile_size) < need and int(tile_size) < max(a.shape):
+            raise ValueError(f"tile_size={tile_size} is below this network's minimum tile, {need} px (its receptive "
+                             f"field, cryoseg.predict.min_tile_size): smaller tiles make the map depend on where they "
+                             f"are cut; use tile_size >= {need}")
+        if not normalize_input and not np.isfinite(a).all():
+            raise ValueError(f"{what} contains {int((~np.isfinite(a)).sum())} non-finite pixels (NaN/inf)")
+    return arrays, batch_size, need
+
+
+def predict_many(model: nn.Module, images, tile_size: int = 512, overlap: int = 64, batch_size: int | None = None,
+                 device=None, normalize_input: bool = True, amp: bool = True, progress: bool = False,
+                 tta: str = "none") -> list[np.ndarray]:
+    """`predict_tiled` of several micrographs (a list of `(H, W)` arrays, shapes may differ) at once: the tiles of
+    all of them and of their `tta` views share batches of `batch_size`, which keeps a GPU busy when a binned
+    micrograph has only a few tiles. Each map is the one `predict_tiled` gives alone (batch composition changes
+    no tile's result in eval mode, up to floating-point rounding). All micrographs and maps are on `device` at
+    once: with `tta="dihedral"` that is 16 micrograph-sized float32 arrays per micrograph."""
+    if len(images) == 0:
+        return []
+    dev = get_device(device)
+    arrays, batch_size, need = _check_images(model, images, tile_size, overlap, batch_size, dev, normalize_input, tta)
     views = _TTA_VIEWS[tta]
     with _inference_mode(model, dev) as net, torch.inference_mode():
         _check_weights(net)
-        acc = None
-        for k, flip in views:
-            v = _view(src, k, flip).contiguous()
-            p = _unview(_blend(net, v, tile_size, overlap, batch_size, amp, progress, need), k, flip)
-            acc = p if acc is None else acc.add_(p)
-        del src
-        return np.ascontiguousarray(to_numpy(acc.div_(len(views)) if len(views) > 1 else acc))
+        srcs = [_source(a, dev, normalize_input) for a in arrays]
+        viewed = [_view(s, k, flip).contiguous() for s in srcs for k, flip in views]
+        del srcs
+        maps = _blend(net, viewed, tile_size, overlap, batch_size, amp, progress, need)
+        del viewed
+        out = []
+        for i in range(len(arrays)):
+            acc = None
+            for j, (k, flip) in enumerate(views):
+                p = _unview(maps[i * len(views) + j], k, flip)
+                acc = p if acc is None else acc.add_(p)
+            out.append(np.ascontiguousarray(to_numpy(acc.div_(len(views)) if len(views) > 1 else acc)))
+        return out
+

@@ -224,6 +224,7 @@ def test_pick_then_evaluate(capsys, tmp_path):
     assert m["picking"]["f1"] == 1.0 and m["picking"]["n_true"] == 20
     assert m["pixel"]["iou"] == 1.0
     assert json.loads(out)["picking"]["recall"] == 1.0
+    assert m["picking"]["f1_interval"] == [1.0, 1.0] and m["picking"]["interval_micrographs"] == 4   # all perfect
     # the same picks as BOX files (corner convention) evaluate the same
     rc, out, err = run(capsys, "evaluate", "--picks", tmp_path / "picks" / "box", "--truth", tmp_path / "truth",
                        "--diameter-px", 12)
@@ -266,6 +267,13 @@ def test_pick_shards_cover_all(capsys, tmp_path):
     per_shard = [json.loads((tmp_path / "picks" / f"cryoseg-pick.shard-{i}-of-3.json").read_text())["results"]["n_micrographs"]
                  for i in range(3)]
     assert sum(per_shard) == 6
+
+
+def test_evaluate_bad_bootstrap(capsys, tmp_path):
+    (tmp_path / "picks").mkdir(); (tmp_path / "truth").mkdir()
+    rc, _, err = run(capsys, "evaluate", "--picks", tmp_path / "picks", "--truth", tmp_path / "truth",
+                     "--diameter-px", 12, "--bootstrap", -5)
+    assert_one_line_error(rc, err, "--bootstrap must be a whole number >= 0")
 
 
 def test_evaluate_mismatched_names(capsys, tmp_path):

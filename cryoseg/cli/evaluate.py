@@ -66,15 +66,23 @@ def pixel_metrics_folders(probs, masks, threshold: float = 0.5, run: FolderRun |
     return pixel_metrics([p for p, _ in pairs], [m for _, m in pairs])
 
 # %% ../../nbs/11f_cli_evaluate.ipynb #24718227
-def ranking_metrics(picks, truth, diameter_px: float, frac: float = 0.5, micrographs=None):
-    "`(summary, curve)`: AP, best F1 and its threshold, and the PR curve over score thresholds; `(None, None)` without scores."
+def ranking_metrics(picks, truth, diameter_px: float, frac: float = 0.5, micrographs=None, n_boot: int = 1000,
+                    seed: int = 0):
+    """`(summary, curve)`: AP, best F1 and its threshold, and the PR curve over score thresholds; `(None, None)`
+    without scores. With `n_boot` > 0 the summary also holds 95 % bootstrap intervals over micrographs of F1 (every
+    pick) and AP (`cryoseg.metrics.picking_intervals`: `f1_interval`, `ap_interval`, `interval_micrographs`)."""
     import numpy as np
-    from cryoseg.metrics import average_precision, pr_curve
+    from cryoseg.metrics import average_precision, picking_intervals, pr_curve
     if picks is None or len(picks) == 0 or not np.isfinite(picks["score"].to_numpy(float)).any():
         return None, None
     curve = pr_curve(picks, truth, diameter_px, frac=frac, micrographs=micrographs)
     best = curve.loc[curve["f1"].idxmax()]
-    return dict(ap=average_precision(curve), best_f1=float(best["f1"]), best_threshold=float(best["threshold"])), curve
+    summary = dict(ap=average_precision(curve), best_f1=float(best["f1"]), best_threshold=float(best["threshold"]))
+    if n_boot:
+        iv = picking_intervals(picks, truth, diameter_px, n_boot=n_boot, seed=seed, frac=frac, micrographs=micrographs)
+        summary.update(f1_interval=[iv["f1_lo"], iv["f1_hi"]], ap_interval=[iv["ap_lo"], iv["ap_hi"]],
+                       interval_level=iv["level"], interval_micrographs=iv["n_micrographs"], interval_resamplings=n_boot)
+    return summary, curve
 
 
 def micrograph_shapes(folder) -> dict:
@@ -100,9 +108,10 @@ def drop_border(table, shapes: dict, edge_px: float, what):
 # %% ../../nbs/11f_cli_evaluate.ipynb #57466a31
 def run_evaluate(picks: str | Path, truth: str | Path, diameter_px: float, out: str | Path | None = None,
                  frac: float = 0.5, probs=None, masks=None, threshold: float = 0.5, edge_px: float | None = None,
-                 micrographs=None, pixel_size_a: float | None = None, force: bool = False, argv=None) -> dict:
-    """Picking (and pixel) metrics of `picks` against `truth`, with AP and the PR curve when the picks are scored;
-    written to `out/metrics.json` (and `per_micrograph.csv`, `pr_curve.csv`) when `out` is given."""
+                 micrographs=None, pixel_size_a: float | None = None, bootstrap: int = 1000, force: bool = False,
+                 argv=None) -> dict:
+    """Picking (and pixel) metrics of `picks` against `truth`, with AP and the PR curve when the picks are scored
+    (and 95 % intervals over micrographs from `bootstrap` resamplings, 0: none); written to `out/metrics.json` (and `per_micrograph.csv`, `pr_curve.csv`) when `out` is given."""
     import math
     diameter_px, threshold = check_diameter(diameter_px), check_threshold(threshold)
     if not (isinstance(frac, (int, float)) and math.isfinite(frac) and frac > 0):
@@ -113,9 +122,11 @@ def run_evaluate(picks: str | Path, truth: str | Path, diameter_px: float, out: 
         raise ValueError("--edge-px needs --micrographs (the micrographs' shapes), and --micrographs is only for --edge-px")
     if edge_px is not None and not (math.isfinite(edge_px) and edge_px >= 0):
         raise ValueError(f"--edge-px must be >= 0, got {edge_px}")
+    if not (isinstance(bootstrap, int) and bootstrap >= 0):
+        raise ValueError(f"--bootstrap must be a whole number >= 0 (resamplings; 0: no intervals), got {bootstrap}")
     settings = dict(picks=absolute(picks), truth=absolute(truth), diameter_px=diameter_px, frac=frac,
                     probs=absolute(probs), masks=absolute(masks), threshold=threshold, edge_px=edge_px,
-                    micrographs=absolute(micrographs))
+                    micrographs=absolute(micrographs), bootstrap=bootstrap)
     files = [] if out is None else [Path(out) / f for f in ("metrics.json", "per_micrograph.csv", "pr_curve.csv")]
     with FolderRun(out, "evaluate", settings, inputs=[picks, truth, probs, masks], force=force, argv=argv) as run:
         run.plan([], lambda _: [], also=files)
@@ -133,7 +144,7 @@ def run_evaluate(picks: str | Path, truth: str | Path, diameter_px: float, out: 
             from cryoseg.cli.common import read_dataset_info
             pixel_size_a = (read_dataset_info(truth) or {}).get("pixel_size_a")
         met, per = evaluate_picks(pk, tr, diameter_px, frac, micrographs=names, pixel_size_a=pixel_size_a)
-        ranking, curve = ranking_metrics(pk, tr, diameter_px, frac, micrographs=names)
+        ranking, curve = ranking_metrics(pk, tr, diameter_px, frac, micrographs=names, n_boot=bootstrap)
         metrics = dict(picking=dict(met, **(ranking or {})), **({} if pixel is None else dict(pixel=pixel)))
         if out is not None:
             write_json(files[0], metrics)
@@ -164,6 +175,9 @@ def add_parser(subparsers):
     p.add_argument("--pixel-size", dest="pixel_size_a", type=float, default=None, metavar="A",
                    help="pixel size of the coordinates in Å, for the centre error in Å (default: the truth dataset's "
                    "dataset.json, else none)")
+    p.add_argument("--bootstrap", type=int, default=1000, metavar="N",
+                   help="resamplings of the micrographs for the 95 %% intervals of F1 and AP of scored picks (default "
+                   "1000; 0: none)")
     path_args(p, required=False, out="output folder (default: print only)")
     return p
 

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 from pathlib import Path
 
@@ -15,8 +16,8 @@ from .common import (FolderRun, Stopwatch, absolute, add_command, build_config, 
 
 # %% auto #0
 __all__ = ['CRF_CHOICES', 'SCALE_TOLERANCE', 'crf_method', 'crf_settings', 'check_tiling', 'check_tile_size', 'rescale_factor',
-           'load_micrograph', 'predict_outputs', 'map_record', 'predict_one', 'prefetched', 'model_scale',
-           'run_predict', 'add_parser', 'run']
+           'load_micrograph', 'predict_outputs', 'map_record', 'predict_one', 'predict_batch', 'prefetched',
+           'model_scale', 'run_predict', 'add_parser', 'run']
 
 # %% ../../nbs/11d_cli_predict.ipynb #f7773310
 CRF_CHOICES = ("none", "cpu", "torch", "gpu")
@@ -132,16 +133,17 @@ def map_record(rec: dict, job: dict) -> dict:
     return dict(cryoseg_map=1, **rec, diameter_px=d_px, diameter_a=d_a, model=job["model"], picking=job["picking"])
 
 
-def predict_one(path, loaded, job: dict) -> None:
+def predict_one(path, loaded, job: dict, prob=None) -> None:
     """Predict (and refine) the micrograph `path` (`loaded`: the future of its `load_micrograph`) into its maps and
-    sidecars; `job`: the network and options (see `run_predict`)."""
+    sidecars; `job`: the network and options (see `run_predict`); `prob`: its map when already predicted."""
     from cryoseg.io import write_micrograph
     from cryoseg.predict import predict_tiled
     img, rec = loaded.result()
     dst = predict_outputs(job["out"], stem(path), job["refine"])
-    with job["t_net"]:
-        prob = predict_tiled(job["net"], img, tile_size=job["tile_size"], overlap=job["overlap"],
-                             batch_size=job["batch_size"], device=job["device"], tta=job["tta"])
+    if prob is None:
+        with job["t_net"]:
+            prob = predict_tiled(job["net"], img, tile_size=job["tile_size"], overlap=job["overlap"],
+                                 batch_size=job["batch_size"], device=job["device"], tta=job["tta"])
     side = map_record(rec, job)
     write_micrograph(dst[0], prob.astype("float32"), pixel_size_a=rec["pixel_size_a"], overwrite=job["replace"])
     write_json(dst[1], side)
@@ -151,6 +153,33 @@ def predict_one(path, loaded, job: dict) -> None:
             q = crf_tiled(prob, img, **job["refine"])
         write_micrograph(dst[2], q.astype("float32"), pixel_size_a=rec["pixel_size_a"], overwrite=job["replace"])
         write_json(dst[3], side)
+
+
+def predict_batch(chunk: list, job: dict, run: FolderRun) -> None:
+    """Predict the micrographs of `chunk` (`(path, future of load_micrograph)` pairs) in shared batches
+    (`cryoseg.predict.predict_many`), then write each one's maps (`predict_one`). A micrograph that cannot be read
+    fails alone; if the shared prediction fails (a GPU out of memory, say), each micrograph is predicted alone,
+    so that its own error, if any, is the one recorded."""
+    from cryoseg.predict import predict_many
+    loaded = []
+    for _, fut in chunk:
+        try:
+            loaded.append(fut.result())
+        except Exception:                      # recorded with its own message by predict_one below
+            loaded.append(None)
+    good = [i for i, r in enumerate(loaded) if r is not None]
+    probs = {}
+    if len(good) > 1:
+        try:
+            with job["t_net"]:
+                maps = predict_many(job["net"], [loaded[i][0] for i in good], tile_size=job["tile_size"],
+                                    overlap=job["overlap"], batch_size=job["batch_size"], device=job["device"],
+                                    tta=job["tta"])
+            probs = dict(zip(good, maps))
+        except Exception:
+            probs = {}
+    for i, (p, fut) in enumerate(chunk):
+        run.attempt(p, predict_one, p, fut, job, probs.get(i))
 
 
 def prefetched(items, load, ahead: int = 1):
@@ -190,11 +219,14 @@ def model_scale(model_path: Path, no_rescale: bool, diameter_a: float | None = N
 def run_predict(model: str | Path, data: str | Path, out: str | Path, tile_size: int = 512, overlap: int = 64,
                 batch_size: int | None = None, crf: str = "none", crf_config=None, crf_set=None,
                 pixel_size_a: float | None = None, no_rescale: bool = False, tta: str = "rot180",
-                diameter_a: float | None = None, shard=None,
+                diameter_a: float | None = None, shard=None, micrographs_per_batch: int | None = None,
                 device=None, threads=None, force: bool = False, progress: bool = True, argv=None) -> dict:
     """Probability maps (and CRF-refined maps) at the model's scale for every micrograph of `data` in `shard`,
-    each binned to the model's pixel size first (`load_micrograph`); returns the run's config and timings."""
+    each binned to the model's pixel size first (`load_micrograph`), `micrographs_per_batch` of them sharing the
+    network's batches (default 1 on the CPU, 4 on CUDA); returns the run's config and timings."""
     check_tiling(tile_size, overlap, batch_size)
+    if micrographs_per_batch is not None and micrographs_per_batch < 1:
+        raise ValueError(f"--micrographs-per-batch must be >= 1, got {micrographs_per_batch}")
     from cryoseg.predict import TTA_CHOICES
     if tta not in TTA_CHOICES:
         raise ValueError(f"--tta {tta!r}: choose one of {', '.join(TTA_CHOICES)}")
@@ -227,9 +259,12 @@ def run_predict(model: str | Path, data: str | Path, out: str | Path, tile_size:
             job["net"] = load_checkpoint(model_path, device=job["device"])[0].eval()
             check_tile_size(job["net"], tile_size)
         load = lambda p: load_micrograph(p, pixel_size_a, model_px, no_rescale, diameter_a, model_d)
-        for p, loaded in progress_bar(prefetched(todo, load), progress, total=len(todo),
-                                      desc="predict" + (" + CRF" if refine else ""), unit="mic"):
-            run.attempt(p, predict_one, p, loaded, job)   # the bar advances as micrographs are done, not as read
+        n = micrographs_per_batch or (4 if job["device"].type == "cuda" else 1)
+        stream = prefetched(todo, load, ahead=n)
+        with progress_bar(None, progress, total=len(todo), desc="predict" + (" + CRF" if refine else ""), unit="mic") as bar:
+            for chunk in iter(lambda: list(itertools.islice(stream, n)), []):
+                predict_batch(chunk, job, run)
+                bar.update(len(chunk))            # the bar advances as micrographs are done, not as read
         t_net, t_crf = job["t_net"], job["t_crf"]
         results = dict(device=str(job["device"]), n_micrographs=len(mics), seconds_predict=t_net.wall,
                        cpu_seconds_predict=t_net.cpu, seconds_crf=t_crf.wall, cpu_seconds_crf=t_crf.cpu,
@@ -248,6 +283,9 @@ def add_parser(subparsers):
     p.add_argument("--tile-size", type=int, default=512, help="tile size in pixels (default 512)")
     p.add_argument("--overlap", type=int, default=64, help="tile overlap in pixels (default 64)")
     p.add_argument("--batch-size", type=int, default=None, help="tiles per batch (default 1 on CPU, 16 on CUDA)")
+    p.add_argument("--micrographs-per-batch", type=int, default=None, metavar="N",
+                   help="micrographs whose tiles share batches (default 1 on CPU, 4 on CUDA; keeps a GPU busy when "
+                   "binned micrographs have few tiles)")
     p.add_argument("--pixel-size", dest="pixel_size_a", type=float, default=None, metavar="A",
                    help="micrographs' pixel size in Å (default: each file's header; this overrides it)")
     p.add_argument("--tta", choices=("none", "rot180", "dihedral"), default="rot180",
