@@ -19,7 +19,7 @@ import pandas as pd
 from .coords import read_particles, write_particles
 from .core import LRUCache, as_generator
 from .fetch import cache_folder, download
-from .io import atomic_path, read_micrograph, write_mask, write_micrograph
+from .io import atomic_path, image_shape, read_micrograph, write_mask, write_micrograph
 from .labels import instances_from_disc_mask
 from .particles import make_particles
 from .simulate import SimConfig, simulate_micrograph
@@ -172,16 +172,6 @@ def _cryoppp_root(root: Path) -> Path:
                             (f"; found several candidates: {[d.name for d in subs]}" if subs else "") + ")")
 
 
-def _image_shape(path: Path) -> tuple[int, int]:
-    "(H, W) of a micrograph from its header, without reading the pixels."
-    if path.suffix.lower() in (".jpg", ".jpeg", ".png", ".tif", ".tiff"):
-        from PIL import Image
-        with Image.open(path) as im:
-            return im.size[1], im.size[0]
-    with mrcfile.open(path, header_only=True, permissive=True) as m:
-        return int(m.header.ny), int(m.header.nx)
-
-
 def _micrographs(mic_dir: Path, lite: bool) -> list[Path]:
     "The micrograph files of a data set, sorted; an error that suggests `lite=` when only the other kind is there."
     exts = _MIC_EXTS[bool(lite)]
@@ -197,7 +187,7 @@ def _warn_outside(records, root) -> None:
     "Warn when picks lie outside their micrograph (sizes from the file headers)."
     n_out, n_all = 0, 0
     for r in records:
-        Hm, Wm = _image_shape(r.micrograph)
+        Hm, Wm = image_shape(r.micrograph)            # from the header (cryoseg.io)
         x, y = r.particles["x"].to_numpy(), r.particles["y"].to_numpy()
         n_out += int((~((x >= 0) & (x <= Wm - 1) & (y >= 0) & (y <= Hm - 1))).sum()); n_all += len(x)
     if n_out:

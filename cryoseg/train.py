@@ -21,7 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
-from .core import get_device, set_seed
+from .core import check_positive, get_device, set_seed
 from .data import IGNORE_INDEX, SegDataset
 from .io import atomic_path
 from .metrics import confusion_counts, pixel_scores
@@ -354,16 +354,7 @@ def checkpoint_scale(pixel_size_a: float | None = None,   # Å per pixel of the 
                                                           # predict bins by the particle's diameter, not the pixel size
                      ) -> dict:
     "The `scale` a checkpoint records, checked (positive numbers or None); `diameter_a` derived when it can be."
-    def num(v, name):
-        if v is None:
-            return None
-        try:
-            f = float(v)
-        except (TypeError, ValueError):
-            raise ValueError(f"scale: {name} must be a number, got {v!r}") from None
-        if not (math.isfinite(f) and f > 0):
-            raise ValueError(f"scale: {name} must be a positive number, got {v!r}")
-        return f
+    num = lambda v, name: None if v is None else check_positive(v, f"scale: {name}")
     px, d = num(pixel_size_a, "pixel_size_a"), num(diameter_px, "diameter_px")
     da = num(diameter_a, "diameter_a")
     if da is None and px is not None and d is not None:

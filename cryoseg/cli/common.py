@@ -27,7 +27,7 @@ __all__ = ['MIN_DIAMETER_PX', 'WRITE_ERRNOS', 'READ_FOLDERS', 'DATASET_INFO', 'D
            'FOLDER_RUN_HELP', 'parse_shard', 'stem', 'shard_of', 'shard_items', 'coordinate_files', 'check_outputs',
            'check_diameter', 'check_threshold', 'check_box_size', 'disk_free', 'write_error', 'naming', 'write_file',
            'check_out_not_input', 'FolderBusy', 'lock_name', 'output_lock', 'config_name', 'machine_info', 'write_json',
-           'write_config', 'read_record', 'same_settings', 'check_dataset_info', 'write_dataset_info',
+           'read_json', 'write_config', 'read_record', 'same_settings', 'check_dataset_info', 'write_dataset_info',
            'read_dataset_info', 'resolve_model', 'parse_sets', 'build_config', 'progress_bar', 'setup_device',
            'Stopwatch', 'one_line', 'SomeFailed', 'failures_name', 'write_failures', 'stops_the_run', 'report_failures',
            'absolute', 'file_sha256', 'FolderRun', 'list_inputs', 'common_options', 'add_command', 'path_args',
@@ -347,6 +347,21 @@ def write_json(path: str | Path, obj) -> Path:
     return write_file(path, lambda tmp: Path(tmp).write_text(text))
 
 
+def read_json(path: str | Path, what: str, advice: str = "", missing_ok: bool = False):
+    """The JSON value in the file `path`. A missing file: None with `missing_ok`, else `FileNotFoundError`; one that
+    cannot be read or parsed (not JSON, not text, no permission): a `ValueError` naming the file, `what` it should
+    hold and `advice`."""
+    p = Path(path)
+    if not p.is_file():
+        if missing_ok:
+            return None
+        raise FileNotFoundError(f"{p}: {what} not found")
+    try:
+        return json.loads(p.read_text())
+    except (OSError, ValueError) as e:              # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise ValueError(f"{p}: {what} is not valid JSON or cannot be read ({e})" + (f"; {advice}" if advice else "")) from None
+
+
 def write_config(out_dir: str | Path, command: str, config: dict, shard=None, force: bool = False,
                  argv: list[str] | None = None, status: str | None = None, results: dict | None = None) -> Path:
     """Write the `config` a `command` ran with (+ version, command line, machine, time) to `out_dir`; a folder
@@ -391,12 +406,9 @@ DATASET_FORMAT = 1
 
 
 def _info_number(info: dict, key: str, where, required: bool = False) -> float | None:
+    from cryoseg.core import check_positive
     v = info.get(key)
-    if v is None and not required:
-        return None
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
-        raise ValueError(f"{where}: {key} must be a positive number, got {v!r}")
-    return float(v)
+    return None if v is None and not required else check_positive(v, f"{where}: {key}")
 
 
 def check_dataset_info(info: dict, where="dataset.json") -> dict:
@@ -431,13 +443,8 @@ def write_dataset_info(out: str | Path, info: dict) -> Path:
 def read_dataset_info(folder: str | Path) -> dict | None:
     "The `dataset.json` of the dataset folder `folder` (checked); None when it has none (an older or hand-made folder)."
     path = Path(folder) / DATASET_INFO
-    if not path.is_file():
-        return None
-    try:
-        info = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise ValueError(f"{path}: unreadable dataset description ({e}); re-run `cryoseg label` or delete it") from None
-    return check_dataset_info(info, path)
+    info = read_json(path, "dataset description", "re-run `cryoseg label` or delete it", missing_ok=True)
+    return None if info is None else check_dataset_info(info, path)
 
 # %% ../../nbs/11_cli.ipynb #2cdabcd4
 SHIPPED_MODELS = {"general": "general.pt"}    # --model / --init names of the weights in cryoseg/weights/
@@ -475,12 +482,7 @@ def parse_sets(items: list[str] | dict | None) -> dict:
 def _read_config_file(path: str | Path, cls, section: str | None) -> dict:
     "The dict of `cls` fields in the JSON file `path` (or in `config[section]` of a run's `cryoseg-*.json`)."
     p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"{p}: config file not found")
-    try:
-        d = json.loads(p.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{p}: not valid JSON ({e})") from None
+    d = read_json(p, "config file")
     if isinstance(d, dict) and "command" in d and "config" in d:  # written by a cryoseg run
         d = d["config"].get(section) if section else d["config"]
     if not isinstance(d, dict):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from .common import (FolderRun, absolute, add_command, call, check_box_size, check_diameter,
                                 check_threshold, list_inputs, parse_shard, path_args, progress_bar,
-                                shard_arg, shard_items, stem)
+                                read_json, shard_arg, shard_items, stem)
 
 # %% auto #0
 __all__ = ['PICK_FORMATS', 'MAP_RECORD_KEYS', 'BLOB_DIAMETER_PX', 'BLOB_THRESHOLD', 'parse_formats', 'combined_name',
@@ -55,14 +55,10 @@ MAP_RECORD_KEYS = ("micrograph", "original_shape", "map_shape", "bin_factor")
 def read_map_record(path) -> dict | None:
     """The sidecar `<name>.json` that `cryoseg predict` wrote beside the map `path` (the original micrograph, its
     shape and pixel size, the bin factor, the model's particle diameter and threshold); None for a map without one."""
-    import json
     side = Path(path).with_suffix(".json")
-    if not side.is_file():
+    rec = read_json(side, f"record of the map {Path(path).name}", "re-run `cryoseg predict`", missing_ok=True)
+    if rec is None:
         return None
-    try:
-        rec = json.loads(side.read_text())
-    except (OSError, ValueError) as e:
-        raise ValueError(f"{side}: unreadable record of the map {Path(path).name} ({e}); re-run `cryoseg predict`") from None
     missing = [k for k in MAP_RECORD_KEYS if not isinstance(rec, dict) or k not in rec]
     if missing:
         raise ValueError(f"{side}: not a cryoseg map record (no {', '.join(missing)}); re-run `cryoseg predict`")

@@ -11,7 +11,8 @@ import time
 from pathlib import Path
 
 from .common import (add_command, build_config, call, check_out_not_input, check_outputs, config_args,
-                                config_name, output_lock, path_args, resolve_model, setup_device, write_config)
+                                config_name, output_lock, path_args, read_json, resolve_model, setup_device,
+                                write_config)
 
 # %% auto #0
 __all__ = ['PICK_THRESHOLDS', 'PICK_MIN_AREAS', 'SIM_MICROGRAPHS', 'rank', 'history_figure', 'save_history_figure',
@@ -153,15 +154,9 @@ def simulation_config(path) -> tuple:
     """`(SimConfig, n_micrographs per epoch or None)` from the JSON file `path`: `SimConfig` fields plus an optional
     `"n_micrographs"`, or an earlier run's record (`cryoseg-simulate.json`, `cryoseg-train.json`: its `config.sim`).
     Read with `build_config` (unknown fields listed); any problem is one `ValueError` naming the file."""
-    import json
     from cryoseg.simulate import SimConfig
     p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"{p}: --simulate config file not found")
-    try:
-        d = json.loads(p.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{p}: not valid JSON ({e})") from None
+    d = read_json(p, "--simulate config file")
     n = None
     if isinstance(d, dict) and "command" in d and isinstance(d.get("config"), dict):   # a run's record
         n, d = d["config"].get("n_micrographs"), d["config"].get("sim")
