@@ -547,6 +547,20 @@ def _pr_counts(pxy, pm, score, txy, tm, ts, rule: str, radius: float, box: float
 PR_COLUMNS = ["threshold", "n_picks", "n_matched", "n_true", "precision", "recall", "f1"]
 
 
+def _score_thresholds(picks, thresholds, n_thresholds: int, who: str) -> list[float]:
+    """The score thresholds to test, descending: `thresholds`, or up to `n_thresholds` quantiles of the pick scores
+    (the lowest included). A clear error for picks without scores; `who` names the caller."""
+    if not isinstance(picks, pd.DataFrame) or "score" not in picks.columns:
+        raise ValueError(f"{who} needs a particles table with a 'score' column")
+    s = picks["score"].to_numpy(np.float64)
+    if np.isnan(s).any():
+        raise ValueError(f"{int(np.isnan(s).sum())} pick(s) have no score (NaN); {who} needs scores")
+    if thresholds is None:
+        u = np.unique(s)
+        thresholds = u if len(u) <= n_thresholds else np.unique(np.quantile(s, np.linspace(0, 1, n_thresholds)))
+    return [float(t) for t in np.sort(np.asarray(thresholds, np.float64))[::-1]]
+
+
 def pr_curve(picks, truth, diameter_px: float, thresholds=None, n_thresholds: int = 50, frac: float = 0.5,
              rule: str = "distance", pixel_size_a: float | None = None, min_iou: float = 0.5,
              box_px: float | None = None, micrographs=None, missing: str = "error") -> pd.DataFrame:
@@ -554,15 +568,7 @@ def pr_curve(picks, truth, diameter_px: float, thresholds=None, n_thresholds: in
     precision, recall, f1), thresholds descending. `thresholds`: the values to test (default: up to
     `n_thresholds` quantiles of the pick scores, always including the lowest score). Other arguments
     as `picking_metrics`; each row equals `picking_metrics(..., score_threshold=threshold)`."""
-    if not isinstance(picks, pd.DataFrame) or "score" not in picks.columns:
-        raise ValueError("pr_curve needs a particles table with a 'score' column")
-    s = picks["score"].to_numpy(np.float64)
-    if np.isnan(s).any():
-        raise ValueError(f"{int(np.isnan(s).sum())} pick(s) have no score (NaN); a PR curve needs scores")
-    if thresholds is None:
-        u = np.unique(s)
-        thresholds = u if len(u) <= n_thresholds else np.unique(np.quantile(s, np.linspace(0, 1, n_thresholds)))
-    ts = [float(t) for t in np.sort(np.asarray(thresholds, np.float64))[::-1]]
+    ts = _score_thresholds(picks, thresholds, n_thresholds, "pr_curve")
     radius = _check_rule(rule, diameter_px, frac)
     box = diameter_px if box_px is None else box_px
     pxy, score, pkeys, pc = _split(picks, "picks")
@@ -649,20 +655,13 @@ def picking_intervals(picks, truth, diameter_px: float, n_boot: int = 1000, leve
     ice, defocus and dose. Returns `dict(f1, f1_lo, f1_hi, ap, ap_lo, ap_hi, n_micrographs, n_boot, level)`;
     `f1` and `ap` equal `picking_metrics` and `average_precision` on the full sample. With few micrographs the
     interval is rough (and 0 wide with one)."""
-    if not isinstance(picks, pd.DataFrame) or "score" not in picks.columns:
-        raise ValueError("picking_intervals needs a particles table with a 'score' column")
     if not (0 < level < 1):
         raise ValueError(f"level must be in (0, 1), got {level}")
     if int(n_boot) < 1:
         raise ValueError(f"n_boot must be >= 1, got {n_boot}")
+    ts = _score_thresholds(picks, thresholds, n_thresholds, "picking_intervals")
     s = picks["score"].to_numpy(np.float64)
-    if np.isnan(s).any():
-        raise ValueError(f"{int(np.isnan(s).sum())} pick(s) have no score (NaN); AP needs scores")
-    if thresholds is None:
-        u = np.unique(s)
-        thresholds = u if len(u) <= n_thresholds else np.unique(np.quantile(s, np.linspace(0, 1, n_thresholds)))
-    lowest = float(s.min()) if len(s) else 0.0         # every pick is kept at the lowest score
-    ts = [lowest] + [float(t) for t in np.sort(np.asarray(thresholds, np.float64))[::-1]]
+    ts = [float(s.min()) if len(s) else 0.0] + ts          # every pick is kept at the lowest score
     names, counts = _micrograph_counts(picks, truth, diameter_px, ts, frac, rule, min_iou, box_px, micrographs, missing)
     if len(names) == 0:
         raise ValueError("picking_intervals: no micrograph to resample")
