@@ -144,6 +144,11 @@ def picking_record(model, va, folder, scale: dict, device, best, truth=None) -> 
         update_checkpoint(best, picking=rec)
     print(f"picking threshold {rec['threshold']:g}, min area {rec['min_area_frac']:g} (validation F1 {rec['f1']:.3f}, AP {rec['ap']:.3f} "
           f"on {rec['n_micrographs']} micrograph(s)), stored in {best}")
+    if rec["f1"] == 0 and rec["n_true"] > 0:
+        import warnings
+        warnings.warn(f"{best}: this model found no particle of the validation micrographs at any threshold "
+                      "(validation F1 0): it is not usable as it is; train longer (--epochs) or check the labels",
+                      stacklevel=2)
     return rec
 
 # %% ../../nbs/11c_cli_train.ipynb #738c8881
