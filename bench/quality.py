@@ -90,7 +90,7 @@ def score(picks, truth, names, diameter, preds=None, targets=None, n_boot: int =
 
 
 def run_network(name, tr, va, te, diameter, epochs, out: Path, device, crop, n_boot, stream=None, crfs=("none", "pydensecrf", "torch"),
-                tta: str = "none") -> list[dict]:
+                tta: str = "none", model_kwargs: dict | None = None) -> list[dict]:
     """Train `name` on the fixed training micrographs `tr` (or, with `stream=(cfg, n_micrographs, samples, seed)`, on
     fresh simulations every epoch: `cryoseg.data.SimulatedDataset`) and score it with each CRF of `crfs`."""
     from cryoseg.train import TrainConfig, fit
@@ -99,7 +99,7 @@ def run_network(name, tr, va, te, diameter, epochs, out: Path, device, crop, n_b
     from cryoseg.pick import pick_particles
     fdt, truth, _ = te
     cfg = TrainConfig(model=name, epochs=epochs, crop_size=crop, out_dir=str(out / name), overwrite=True,
-                      progress=False, device=device)
+                      progress=False, device=device, model_kwargs=dict(model_kwargs or {}))
     t0 = time.perf_counter()
     if stream is None:
         train = (tr[0].images, tr[0].masks)
@@ -120,7 +120,8 @@ def run_network(name, tr, va, te, diameter, epochs, out: Path, device, crop, n_b
             preds.append(p > 0.5)
             picks.append(pick_particles(p, diameter, micrograph=n))
         r = score(pd.concat(picks, ignore_index=True), truth, names, diameter, preds, fdt.masks, n_boot=n_boot)
-        what = f"{name}" + (" (fresh simulations every epoch)" if stream else "") + ("" if tta == "none" else f", {tta} TTA")
+        what = (f"{name}" + (f" {json.dumps(model_kwargs)}" if model_kwargs else "")
+                + (" (fresh simulations every epoch)" if stream else "") + ("" if tta == "none" else f", {tta} TTA"))
         rows.append(dict(method=what + ("" if crf == "none" else f" + CRF ({crf})"), train_s=t_train, **r))
     return rows
 
@@ -228,6 +229,8 @@ def main():
     ap.add_argument("--bootstrap", type=int, default=N_BOOT, help="bootstrap resamplings for the 95 %% intervals")
     ap.add_argument("--epochs", type=int, default=12); ap.add_argument("--crop", type=int, default=96)
     ap.add_argument("--models", default="unet", help="comma-separated: unet, fcn_resnet50, deeplabv3_resnet50")
+    ap.add_argument("--model-kwargs", type=json.loads, default=None, metavar="JSON",
+                    help='passed to the networks\' constructor, e.g. \'{"width": 32}\' (default: the package\'s defaults)')
     ap.add_argument("--topaz-bin", default=shutil.which("topaz"), help="the topaz executable (default: on PATH)")
     ap.add_argument("--topaz-epochs", type=int, default=10)
     ap.add_argument("--topaz-epoch-size", type=int, default=1000, help="Topaz minibatches per epoch (its default 1000)")
@@ -282,7 +285,8 @@ def main():
             for name in a.models.split(","):
                 stream = (cfg, a.n_train, a.samples_per_epoch, a.seed + 5000) if a.stream else None
                 found += run_network(name, tr, va, te, diameter, a.epochs, work / tag, device, a.crop, a.bootstrap,
-                                     stream, ("none",) if a.no_crf else ("none", "pydensecrf", "torch"), a.tta)
+                                     stream, ("none",) if a.no_crf else ("none", "pydensecrf", "torch"), a.tta,
+                                     a.model_kwargs)
             found += run_baselines(te, diameter, volume, a.bootstrap)
             found += run_ideal(results, te, diameter, volume, a.ideal_views, a.bootstrap)
             if a.topaz_bin:
