@@ -42,7 +42,8 @@ def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="general", help="the general checkpoint (default: the shipped one)")
     ap.add_argument("--diameter-a", type=float, default=None, help="particle diameter, Å (default: the sample's, 300)")
-    ap.add_argument("--n-labelled", default="1,2,4", help="numbers of labelled train micrographs (default 1,2,4)")
+    ap.add_argument("--n-labelled", default="1,2,4",
+                    help="numbers of labelled train micrographs (default 1,2,4; '' for the zero-shot rows only)")
     ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--samples-per-epoch", type=int, default=128)
     ap.add_argument("--crop", type=int, default=96)
@@ -190,7 +191,7 @@ def main(argv=None):
     train, val, test = (R.binned(load_real_sample(s, root=a.root), f) for s in ("train", "valid", "test"))
     d_full, px_full = REAL_SAMPLE_DIAMETER_PX, REAL_SAMPLE_PIXEL_SIZE_A
     d_bin = d_full * test[0]["image"].shape[0] / test[0]["shape_full"][0]
-    ns = [int(n) for n in a.n_labelled.split(",")]
+    ns = [int(n) for n in a.n_labelled.split(",") if n.strip()]
     print(f"sample binned {f:.3f}x to {test[0]['image'].shape} ({test[0]['pixel_size_a']:.2f} Å/px, particles "
           f"{d_bin:.1f} px); general model {general} ({general.stat().st_size / 1e6:.1f} MB)", flush=True)
 
@@ -244,8 +245,9 @@ def main(argv=None):
                model=str(general), rows={k: {c: float(v) for c, v in r.items()} for k, r in rows.items()})
     with atomic_path(out / "results.json", overwrite=True) as tmp:
         tmp.write_text(json.dumps(res, indent=1), encoding="utf-8")
-    figure(rows, ns, out / "learning_curve.png")
-    print(f"wrote {out / 'table.md'}, {out / 'results.json'}, {out / 'learning_curve.png'}")
+    if ns:                                      # a learning curve needs labelled rows
+        figure(rows, ns, out / "learning_curve.png")
+    print(f"wrote {out / 'table.md'}, {out / 'results.json'}" + (f", {out / 'learning_curve.png'}" if ns else ""))
     return rows
 
 
