@@ -14,7 +14,8 @@ simulated; then
     coordinates, when a `topaz` executable is found (--topaz-bin), evaluated with cryoseg's rule;
 are scored on the test micrographs: pixel precision/recall/IoU (where there is a map) and picking
 precision/recall/F1 at each picker's own threshold, the best F1 along its precision–recall curve and AP,
-matched one-to-one within 0.5 × diameter, with 95 % bootstrap intervals over test micrographs for F1
+matched one-to-one within 0.5 × diameter (the networks' AP and best F1 over their picks at P > --rank-threshold,
+the ideal observer's over every local maximum), with 95 % bootstrap intervals over test micrographs for F1
 and AP. Each condition states its SNR fully (`cryoseg.simulate.snr_report`, mean over the test
 micrographs): the footprint SNR per pixel at the pixel size, the matched filter's d′ and the equivalent
 dose. Prints the machine and a markdown snippet for BENCHMARKS.md.
@@ -89,39 +90,58 @@ def score(picks, truth, names, diameter, preds=None, targets=None, n_boot: int =
     return row
 
 
+def score_ranked(own, every, truth, names, diameter, n_boot, preds=None, targets=None) -> dict:
+    """Precision, recall and F1 of a picker's `own` picks (at its own threshold), and its AP and best F1 over `every`
+    candidate it ranks, so that its precision-recall curve is not cut at its own threshold."""
+    ranked = score(every, truth, names, diameter, n_boot=n_boot)
+    row = score(own, truth, names, diameter, preds, targets, n_boot=n_boot)
+    row.update({k: ranked[k] for k in ("ap", "ap_lo", "ap_hi")})
+    row["f1_best"] = max(ranked["f1_best"], row["f1"])      # the curve's thresholds are quantiles: may miss its own
+    return row
+
+
 def run_network(name, tr, va, te, diameter, epochs, out: Path, device, crop, n_boot, stream=None, crfs=("none", "pydensecrf", "torch"),
-                tta: str = "none", model_kwargs: dict | None = None) -> list[dict]:
-    """Train `name` on the fixed training micrographs `tr` (or, with `stream=(cfg, n_micrographs, samples, seed)`, on
-    fresh simulations every epoch: `cryoseg.data.SimulatedDataset`) and score it with each CRF of `crfs`."""
+                tta: str = "none", model_kwargs: dict | None = None, rank_threshold: float = 0.01,
+                images: dict | None = None, dice_weight: float = 1.0) -> list[dict]:
+    """Train `name` on the fixed training micrographs `tr` (or, with `stream=(cfg, n_micrographs, samples, seed,
+    phase_flip)`, on fresh simulations every epoch: `cryoseg.data.SimulatedDataset`) and score it with each CRF of
+    `crfs`: F1 of its picks at P > 0.5, AP and best F1 over its picks at P > `rank_threshold`. `images`: the
+    micrographs to use instead of the splits' (`{"train", "val", "test"}`: phase-flipped ones); `dice_weight`: the soft
+    Dice term of the loss (0: cross-entropy alone)."""
     from cryoseg.train import TrainConfig, fit
     from cryoseg.predict import predict_tiled
     from cryoseg.crf import crf_tiled
     from cryoseg.pick import pick_particles
     fdt, truth, _ = te
     cfg = TrainConfig(model=name, epochs=epochs, crop_size=crop, out_dir=str(out / name), overwrite=True,
-                      progress=False, device=device, model_kwargs=dict(model_kwargs or {}))
+                      progress=False, device=device, model_kwargs=dict(model_kwargs or {}), dice_weight=dice_weight)
+    images = images or dict(train=tr[0].images, val=va[0].images, test=fdt.images)
     t0 = time.perf_counter()
     if stream is None:
-        train = (tr[0].images, tr[0].masks)
+        train = (images["train"], tr[0].masks)
     else:
         from cryoseg.data import SimulatedDataset
-        sim_cfg, n_mic, samples, seed = stream
-        train = SimulatedDataset(sim_cfg, n_micrographs=n_mic, crop_size=crop, length=samples, seed=seed)
-    res = fit(cfg, train, (va[0].images, va[0].masks))
+        sim_cfg, n_mic, samples, seed, flip = stream
+        train = SimulatedDataset(sim_cfg, n_micrographs=n_mic, crop_size=crop, length=samples, seed=seed, phase_flip=flip)
+    res = fit(cfg, train, (images["val"], va[0].masks))
     t_train = time.perf_counter() - t0
     rows = []
     names = [f"{n}.mrc" for n in fdt.names]
     for crf in crfs:
-        picks, preds = [], []
-        for img, n in zip(fdt.images, names):
+        picks, every, preds = [], [], []
+        for img, n in zip(images["test"], names):
             p = predict_tiled(res["model"], img, device=device, tta=tta)
             if crf != "none":
                 p = crf_tiled(p, img, method=crf, device=device if crf == "torch" else None)
             preds.append(p > 0.5)
             picks.append(pick_particles(p, diameter, micrograph=n))
-        r = score(pd.concat(picks, ignore_index=True), truth, names, diameter, preds, fdt.masks, n_boot=n_boot)
+            every.append(pick_particles(p, diameter, threshold=rank_threshold, micrograph=n))
+        r = score_ranked(pd.concat(picks, ignore_index=True), pd.concat(every, ignore_index=True), truth, names,
+                         diameter, n_boot, preds, fdt.masks)
         what = (f"{name}" + (f" {json.dumps(model_kwargs)}" if model_kwargs else "")
-                + (" (fresh simulations every epoch)" if stream else "") + ("" if tta == "none" else f", {tta} TTA"))
+                + (" (fresh simulations every epoch)" if stream else "") + ("" if tta == "none" else f", {tta} TTA")
+                + (", phase-flipped" if stream and stream[4] else "")
+                + ("" if dice_weight == 1 else ", cross-entropy loss" if dice_weight == 0 else f", Dice weight {dice_weight:g}"))
         rows.append(dict(method=what + ("" if crf == "none" else f" + CRF ({crf})"), train_s=t_train, **r))
     return rows
 
@@ -154,13 +174,21 @@ def run_ideal(results, te, diameter, volume, n_views: int, n_boot) -> list[dict]
                  for r, n in zip(results, names)]
         prior = [np.log(r.image.size / max(len(r.particles), 1)) for r in results]     # its default threshold
         own = pd.concat([e[e["score"] > t] for e, t in zip(every, prior)], ignore_index=True)
-        every = pd.concat(every, ignore_index=True)
-        ranked = score(every, truth, names, diameter, n_boot=n_boot)
-        row = score(own, truth, names, diameter, n_boot=n_boot)
-        row.update({k: ranked[k] for k in ("ap", "ap_lo", "ap_hi")})
-        row["f1_best"] = max(ranked["f1_best"], row["f1"])      # the curve's thresholds are quantiles: may miss its own
-        rows.append(dict(method=label, **row))
+        rows.append(dict(method=label, **score_ranked(own, pd.concat(every, ignore_index=True), truth, names, diameter,
+                                                       n_boot)))
     return rows
+
+
+def flipped_splits(roots: dict, cfg, seeds: dict, volume, splits: dict) -> dict:
+    """Each split's micrographs phase-flipped with their own CTF (`cryoseg.data.flipped_image` of the SimResults
+    `simulate_dataset` wrote, re-simulated in memory and checked against the files)."""
+    from cryoseg.data import flipped_image
+    out = {}
+    for s, split in splits.items():
+        results = simulate_results(len(split[0].images), cfg, seeds[s], volume)
+        assert all(np.array_equal(r.image, im) for r, im in zip(results, split[0].images)), f"{roots[s]}: differs"
+        out[s] = [flipped_image(r) for r in results]
+    return out
 
 
 def snr_summary(results, volume) -> dict:
@@ -248,6 +276,12 @@ def main():
                     help="train on fresh simulated micrographs every epoch (n-train of them) instead of a fixed set")
     ap.add_argument("--samples-per-epoch", type=int, default=128, help="training crops per epoch with --stream")
     ap.add_argument("--no-crf", action="store_true", help="skip the CRF rows")
+    ap.add_argument("--rank-threshold", type=float, default=0.01,
+                    help="the networks' AP and best F1 rank their picks at P > this (default 0.01); F1 at P > 0.5")
+    ap.add_argument("--dice-weight", type=float, default=1.0,
+                    help="weight of the soft Dice term of the networks' loss (default 1, cryoseg's; 0: cross-entropy alone)")
+    ap.add_argument("--phase-flip", action="store_true",
+                    help="phase-flip every micrograph with its own CTF before the networks see it (cryoseg.ctf.phase_flip)")
     ap.add_argument("--tta", default="none", help="test-time symmetry of the network rows: none, rot180, dihedral")
     ap.add_argument("--device", default=None); ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--seed", type=int, default=0); ap.add_argument("--out", default=None, help="markdown snippet path")
@@ -291,11 +325,12 @@ def main():
             summary = snr_summary(results, volume)
             print(json.dumps(dict(condition=label, junk=junk, **summary)), flush=True)
             found = []
+            images = flipped_splits(roots, cfg, seeds, volume, dict(train=tr, val=va, test=te)) if a.phase_flip else None
             for name in [m for m in a.models.split(",") if m]:       # --models '': no network rows
-                stream = (cfg, a.n_train, a.samples_per_epoch, a.seed + 5000) if a.stream else None
+                stream = (cfg, a.n_train, a.samples_per_epoch, a.seed + 5000, a.phase_flip) if a.stream else None
                 found += run_network(name, tr, va, te, diameter, a.epochs, work / tag, device, a.crop, a.bootstrap,
                                      stream, ("none",) if a.no_crf else ("none", "pydensecrf", "torch"), a.tta,
-                                     a.model_kwargs)
+                                     a.model_kwargs, a.rank_threshold, images, a.dice_weight)
             found += run_baselines(te, diameter, volume, a.bootstrap)
             found += run_ideal(results, te, diameter, volume, a.ideal_views, a.bootstrap)
             if a.topaz_bin:
@@ -321,7 +356,10 @@ def main():
                       "variance), `dprime`: the true-view matched filter's detectability sqrt(Σ signal²/σ²), `dose_eq`: the "
                       "dose in e⁻/Å² whose shot noise gives that SNR with the phase derived from the potential (means over "
                       "the test micrographs; `cryoseg.simulate.snr_report`). F1 at each picker's own threshold (the ideal "
-                      "observer's: the log prior odds), `f1_best` along its PR curve; [95 % bootstrap interval over the "
+                      "observer's: the log prior odds; the networks': P > 0.5), `f1_best` and AP along the PR curve of every "
+                      f"candidate it ranks (the ideal observer: every local maximum; the networks: picks at P > "
+                      f"{a.rank_threshold:g}){'; networks on phase-flipped micrographs' if a.phase_flip else ''}; [95 % "
+                      "bootstrap interval over the "
                       f"{a.n_test} test micrographs, {a.bootstrap} resamplings]. No picker beats the true-view ideal "
                       "observer in expectation.", "",
                       markdown_table(df), ""])

@@ -13,7 +13,7 @@ from .ctf import CTF, apply_ctf
 from .particles import make_particles
 from .pick import find_peaks
 from .projection import project, random_rotations
-from .simulate import SimResult, contrast_image, particle_signals, result_signals, result_volume
+from .simulate import SimResult, contrast_image, particle_signals, result_ctf, result_signals, result_volume
 
 # %% auto #0
 __all__ = ['blob_response', 'blob_picker', 'best_ncc', 'template_picker', 'ctf_templates', 'matched_filter_scores',
@@ -174,8 +174,7 @@ def ideal_observer_picks(result: SimResult, volume: np.ndarray | None = None, vi
     if views == "true":
         t = result_signals(result, volume, device)
     elif views == "random":
-        ctf = cfg.ctf_at(p["defocus_u_um"], p["defocus_v_um"], p["defocus_angle_deg"])
-        t = particle_signals(result_volume(result, volume), random_rotations(int(n_views), seed), ctf, cfg,
+        t = particle_signals(result_volume(result, volume), random_rotations(int(n_views), seed), result_ctf(result), cfg,
                              p["phase_scale"], device, p["ctf_pad_px"])
     else:
         raise ValueError(f"views must be 'true' or 'random', got {views!r}")

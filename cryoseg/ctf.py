@@ -15,7 +15,7 @@ from .core import LRUCache, check_image, check_positive, get_device
 
 # %% auto #0
 __all__ = ['electron_wavelength_a', 'interaction_constant', 'CTF', 'ctf_2d_reference', 'ctf_tensor', 'ctf_2d', 'default_pad_px',
-           'apply_ctf']
+           'apply_ctf', 'phase_flip']
 
 # %% ../nbs/02b_ctf.ipynb #1c21afc3
 def electron_wavelength_a(voltage_kv: float) -> float:
@@ -143,30 +143,52 @@ def _cached_ctf(shape, pixel_size_a: float, ctf: CTF, device: str):
     return c
 
 
-def apply_ctf(image, pixel_size_a: float, ctf: CTF, pad_px: int | None = None, pad_mode: str = "constant",
-              device=None):
-    """Convolve a whole image `(H, W)` with the CTF (see `ctf_2d`), padded by `pad_px` on each side (default
-    `default_pad_px` of the larger |defocus|) with zeros (`pad_mode="constant"`) or the edge values
-    (`"replicate"`). A numpy image gives float32 numpy (computed on `device`); a torch tensor gives a tensor."""
+def _fourier_filter(image, pixel_size_a: float, ctf: CTF, pad_px: int | None, pad_mode: str, device, what: str,
+                    modes: tuple, transfer=None):
+    """Pad `image`, multiply its rfft by `transfer(CTF grid)` (None: the CTF itself), crop: `apply_ctf` and
+    `phase_flip`. A numpy image gives float32 numpy (computed on `device`); a torch tensor gives a tensor."""
     import torch
     is_tensor = hasattr(image, "detach")
-    img = image if is_tensor else torch.from_numpy(check_image(image, "apply_ctf image")).to(get_device(device))
+    img = image if is_tensor else torch.from_numpy(check_image(image, f"{what} image")).to(get_device(device))
     pixel_size_a = check_positive(pixel_size_a, "pixel_size_a", "Å per pixel")
     if pad_px is None:
         pad_px = default_pad_px(pixel_size_a, max(abs(ctf.defocus_u_um), abs(ctf.defocus_v_um)), ctf.voltage_kv)
     if pad_px < 0:
         raise ValueError(f"pad_px must be >= 0, got {pad_px}")
-    if pad_mode not in ("constant", "replicate"):
-        raise ValueError(f"pad_mode must be 'constant' or 'replicate', got {pad_mode!r}")
+    if pad_mode not in modes:
+        raise ValueError(f"{what}: pad_mode must be one of {modes}, got {pad_mode!r}")
     H, W = img.shape[-2:]
     Hp, Wp = next_fast_len(H + 2 * int(pad_px), real=True), next_fast_len(W + 2 * int(pad_px), real=True)
     top, left = (Hp - H) // 2, (Wp - W) // 2
+    if pad_mode == "reflect" and (Hp - H - top >= H or Wp - W - left >= W):
+        raise ValueError(f"{what}: reflection padding to {Hp}x{Wp} needs an image larger than half that, got "
+                         f"{H}x{W}; give a smaller pad_px or pad_mode='constant'")
     if pad_mode == "constant":
         big = torch.zeros((Hp, Wp), dtype=torch.float32, device=img.device)
         big[top:top + H, left:left + W] = img
     else:
         big = torch.nn.functional.pad(img[None, None], (left, Wp - W - left, top, Hp - H - top), mode=pad_mode)[0, 0]
     F = torch.fft.rfft2(big)
-    F *= _cached_ctf((Hp, Wp), pixel_size_a, ctf, str(img.device))
+    grid = _cached_ctf((Hp, Wp), pixel_size_a, ctf, str(img.device))
+    F *= grid if transfer is None else transfer(grid)
     out = torch.fft.irfft2(F, s=(Hp, Wp))[top:top + H, left:left + W].contiguous()
     return out if is_tensor else out.cpu().numpy()
+
+
+def apply_ctf(image, pixel_size_a: float, ctf: CTF, pad_px: int | None = None, pad_mode: str = "constant",
+              device=None):
+    """Convolve a whole image `(H, W)` with the CTF (see `ctf_2d`), padded by `pad_px` on each side (default
+    `default_pad_px` of the larger |defocus|) with zeros (`pad_mode="constant"`) or the edge values
+    (`"replicate"`). A numpy image gives float32 numpy (computed on `device`); a torch tensor gives a tensor."""
+    return _fourier_filter(image, pixel_size_a, ctf, pad_px, pad_mode, device, "apply_ctf", ("constant", "replicate"))
+
+# %% ../nbs/02b_ctf.ipynb #d1f7f2b1
+def phase_flip(image, pixel_size_a: float, ctf: CTF, pad_px: int | None = None, pad_mode: str = "reflect",
+               device=None):
+    """`image` `(H, W)` with its DFT multiplied by sign(−CTF): kept where the CTF has its zero-frequency sign (−A),
+    negated elsewhere, so particles keep their polarity and the image its mean (see above). Unitary (|sign| = 1):
+    white noise keeps its variance. Padding `pad_px` (default `default_pad_px`) by `"reflect"` (default),
+    `"replicate"` or `"constant"` (zeros); numpy in, float32 numpy out (computed on `device`); a tensor gives a
+    tensor. `ctf`: this micrograph's, at this `pixel_size_a` (Å per pixel)."""
+    return _fourier_filter(image, pixel_size_a, ctf, pad_px, pad_mode, device, "phase_flip",
+                           ("reflect", "replicate", "constant"), lambda c: (c < 0).float() * 2 - 1)

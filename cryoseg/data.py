@@ -17,7 +17,8 @@ from .io import list_micrographs, read_mask, read_micrograph
 from .preprocess import downsample, normalize
 
 # %% auto #0
-__all__ = ['IGNORE_INDEX', 'Augment', 'SegDataset', 'FolderData', 'load_folder', 'simulated_micrographs', 'SimulatedDataset']
+__all__ = ['IGNORE_INDEX', 'Augment', 'SegDataset', 'FolderData', 'load_folder', 'simulated_micrographs', 'flipped_image',
+           'SimulatedDataset']
 
 # %% ../nbs/04_data.ipynb #ab60868a
 IGNORE_INDEX = -100   # label of padded pixels; ignored by the loss (as in nn.CrossEntropyLoss) and metrics
@@ -310,6 +311,13 @@ def simulated_micrographs(cfg, n: int, seed: int = 0, epoch: int | None = None,
         out.append(simulate_micrograph(volume, cfg, seed=rng, device=device, name=name))
     return out
 
+
+def flipped_image(result, device=None) -> np.ndarray:
+    "A SimResult's micrograph phase-flipped with its own CTF (`cryoseg.ctf.phase_flip`), float32 `(H, W)`."
+    from cryoseg.ctf import phase_flip
+    from cryoseg.simulate import result_ctf
+    return phase_flip(result.image, result.cfg.pixel_size_a, result_ctf(result), device=device)
+
 # %% ../nbs/04_data.ipynb #6b491d30
 class SimulatedDataset(torch.utils.data.Dataset):
     "`SegDataset` crops of `n_micrographs` micrographs simulated afresh for every epoch (`set_epoch`)."
@@ -323,6 +331,7 @@ class SimulatedDataset(torch.utils.data.Dataset):
                  seed: int = 0,                 # micrograph k of epoch e: `simulated_micrographs(..., seed, e)`
                  volume: np.ndarray | None = None,  # the particle, sampled at cfg.pixel_size_a (None: built-in)
                  device=None,                   # simulate here (e.g. "cuda"); None: the CPU
+                 phase_flip: bool = False,      # phase-flip each micrograph with its own CTF (`cryoseg.ctf.phase_flip`)
                  ):
         from cryoseg.simulate import SimConfig
         from cryoseg.volumes import make_volume
@@ -336,7 +345,8 @@ class SimulatedDataset(torch.utils.data.Dataset):
         if not isinstance(seed, (int, np.integer)) or seed < 0:
             raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
         self.n_micrographs, self.crop_size, self.p_particle = int(n_micrographs), int(crop_size), float(p_particle)
-        self.augment, self.seed, self.device = _as_augment(augment), int(seed), "cpu" if device is None else device
+        self.augment, self.seed, self.phase_flip = _as_augment(augment), int(seed), bool(phase_flip)
+        self.device = "cpu" if device is None else device
         c = self.cfg
         self.volume = (make_volume(c.volume_kind, c.box_size, c.pixel_size_a, c.diameter_a, c.volume_seed)
                        if volume is None else np.asarray(volume, np.float32))
@@ -347,11 +357,11 @@ class SimulatedDataset(torch.utils.data.Dataset):
 
     def _simulate(self) -> None:
         "Simulate this epoch's micrographs, unless they are there already."
-        if self._at == self.epoch:
-            return
+        if self._at == self.epoch: return
         import pandas as pd
         res = simulated_micrographs(self.cfg, self.n_micrographs, self.seed, self.epoch, self.volume, self.device)
-        self._crops = SegDataset([r.image for r in res], [r.mask for r in res], self.crop_size, length=self.length,
+        images = [flipped_image(r, self.device) for r in res] if self.phase_flip else [r.image for r in res]
+        self._crops = SegDataset(images, [r.mask for r in res], self.crop_size, length=self.length,
                                  p_particle=self.p_particle, augment=self.augment, seed=self.seed,
                                  names=[r.params["name"] for r in res])
         self._crops.set_epoch(self.epoch)
@@ -376,7 +386,7 @@ class SimulatedDataset(torch.utils.data.Dataset):
         self._simulate()
         d = float(self.params[0]["diameter_px"])
         return dict(pixel_size_a=float(self.cfg.pixel_size_a), diameter_px=d,
-                    diameter_a=float(self.cfg.pixel_size_a) * d, bin_factor=1.0)
+                    diameter_a=float(self.cfg.pixel_size_a) * d, bin_factor=1.0, phase_flipped=self.phase_flip)
 
     def __len__(self) -> int:
         return self.length
@@ -387,4 +397,4 @@ class SimulatedDataset(torch.utils.data.Dataset):
     def __repr__(self) -> str:
         return (f"SimulatedDataset({self.n_micrographs} micrographs {self.cfg.shape} per epoch, {self.length} crops "
                 f"of {self.crop_size}², p_particle={self.p_particle}, augment={self.augment}, seed={self.seed}, "
-                f"device={self.device})")
+                f"device={self.device}" + (", phase_flip=True)" if self.phase_flip else ")"))

@@ -31,7 +31,8 @@ __all__ = ['WATER_MOLECULES_PER_A3', 'SNR_DEFINITION', 'max_particles', 'place_p
            'SimConfig', 'SimResult', 'volume_stats', 'particle_volume', 'particle_phase_scale', 'draw_optics',
            'Background', 'draw_background', 'draw_particles', 'paste_projections', 'detector_blur', 'ctf_pad_px',
            'image_contrast', 'draw_transmission', 'record_image', 'particle_table', 'simulate_micrograph',
-           'particle_signals', 'contrast_image', 'result_volume', 'result_signals', 'snr_report', 'simulate_dataset']
+           'particle_signals', 'contrast_image', 'result_volume', 'result_ctf', 'result_signals', 'snr_report',
+           'simulate_dataset']
 
 # %% ../nbs/02d_simulate.ipynb #4114753a
 def max_particles(shape: tuple[int, int], min_distance_px: float, margin_px: float = 0.0) -> int:
@@ -777,11 +778,17 @@ def result_volume(result: SimResult, volume: np.ndarray | None = None) -> np.nda
     return vol
 
 
+def result_ctf(result: SimResult) -> CTF:
+    "The `CTF` a SimResult was simulated with (its config's optics at its recorded defocus and astigmatism)."
+    p = result.params
+    return _result_cfg(result).ctf_at(p["defocus_u_um"], p["defocus_v_um"], p["defocus_angle_deg"])
+
+
 def result_signals(result: SimResult, volume: np.ndarray | None = None, device=None) -> np.ndarray:
     "`particle_signals` of a SimResult's own particles (their views, its CTF and phase scale): `(n, B, B)`."
     cfg = _result_cfg(result)
     p, t = result.params, result.particles
-    ctf = cfg.ctf_at(p["defocus_u_um"], p["defocus_v_um"], p["defocus_angle_deg"])
+    ctf = result_ctf(result)
     R = euler_to_matrix(t["rot_deg"].to_numpy(), t["tilt_deg"].to_numpy(), t["psi_deg"].to_numpy()).reshape(-1, 3, 3)
     return particle_signals(result_volume(result, volume), R, ctf, cfg, p["phase_scale"], device, p["ctf_pad_px"])
 

@@ -352,6 +352,8 @@ def checkpoint_scale(pixel_size_a: float | None = None,   # Å per pixel of the 
                      normalization: dict | None = None,   # default: `NORMALIZATION`
                      scale_free: bool = False,            # trained across pixel sizes at a fixed particle size in px:
                                                           # predict bins by the particle's diameter, not the pixel size
+                     phase_flipped: bool = False,         # trained on phase-flipped micrographs (`cryoseg.ctf.phase_flip`):
+                                                          # its inputs must be flipped with their own CTF too
                      ) -> dict:
     "The `scale` a checkpoint records, checked (positive numbers or None); `diameter_a` derived when it can be."
     num = lambda v, name: None if v is None else check_positive(v, f"scale: {name}")
@@ -363,7 +365,7 @@ def checkpoint_scale(pixel_size_a: float | None = None,   # Å per pixel of the 
         raise ValueError("scale: a scale-free model needs diameter_px (the particle size in pixels it works at)")
     return dict(pixel_size_a=None if scale_free else px, diameter_px=d, diameter_a=None if scale_free else da,
                 bin_factor=num(bin_factor, "bin_factor") or 1.0, normalization=dict(normalization or NORMALIZATION),
-                scale_free=bool(scale_free))
+                scale_free=bool(scale_free), phase_flipped=bool(phase_flipped))
 
 
 def checkpoint_info(path: str | Path) -> dict:

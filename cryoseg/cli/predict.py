@@ -202,6 +202,10 @@ def model_scale(model_path: Path, no_rescale: bool, diameter_a: float | None = N
     from cryoseg.train import checkpoint_info
     info = checkpoint_info(model_path)
     scale = info["scale"]
+    if (scale or {}).get("phase_flipped"):
+        raise ValueError(f"{model_path}: this model was trained on phase-flipped micrographs, and the command line does "
+                         "not phase-flip (it reads no CTF): flip each micrograph with its own CTF "
+                         "(cryoseg.ctf.phase_flip) and predict in Python (cryoseg.predict.predict_tiled)")
     if (scale or {}).get("scale_free") and diameter_a is None and not no_rescale:
         raise ValueError(f"{model_path}: a scale-free model (it finds particles {scale['diameter_px']:g} px across at any "
                          "pixel size): give the particle diameter with --diameter-a (Å), so each micrograph can be "
