@@ -1,23 +1,18 @@
 """bench/binned_agreement.py's own arithmetic (issue 18): the offsets between matched picks and the report, on
 tiny tables (the benchmark itself runs in minutes; `python bench/binned_agreement.py --quick` checks it end to end)."""
-import importlib.util
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from cryoseg.metrics import picking_metrics
+from script_helpers import load_script
 
-SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "binned_agreement.py"
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("binned_agreement", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("bench/binned_agreement.py")
 
 
 def table(xy, name):

@@ -1,24 +1,19 @@
 """bench/quality.py (issue 16): how a picker's own picks and its ranked candidates are scored, on hand-made tables,
 and the phase-flipped, streamed run end to end at toy size (the benchmark itself runs for tens of minutes)."""
-import importlib.util
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from script_helpers import ROOT, load_script
 
-ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "bench" / "quality.py"
 
 
 @pytest.fixture(scope="module")
 def quality():
-    spec = importlib.util.spec_from_file_location("quality", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("bench/quality.py")
 
 
 def picks(rows, name="a.mrc"):
