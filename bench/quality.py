@@ -102,12 +102,12 @@ def score_ranked(own, every, truth, names, diameter, n_boot, preds=None, targets
 
 def run_network(name, tr, va, te, diameter, epochs, out: Path, device, crop, n_boot, stream=None, crfs=("none", "pydensecrf", "torch"),
                 tta: str = "none", model_kwargs: dict | None = None, rank_threshold: float = 0.01,
-                images: dict | None = None, dice_weight: float = 1.0) -> list[dict]:
-    """Train `name` on the fixed training micrographs `tr` (or, with `stream=(cfg, n_micrographs, samples, seed,
-    phase_flip)`, on fresh simulations every epoch: `cryoseg.data.SimulatedDataset`) and score it with each CRF of
-    `crfs`: F1 of its picks at P > 0.5, AP and best F1 over its picks at P > `rank_threshold`. `images`: the
-    micrographs to use instead of the splits' (`{"train", "val", "test"}`: phase-flipped ones); `dice_weight`: the soft
-    Dice term of the loss (0: cross-entropy alone)."""
+                flipped: dict | None = None, dice_weight: float = 1.0) -> list[dict]:
+    """Train `name` on the fixed training micrographs `tr` (or, with `stream=(cfg, n_micrographs, samples, seed)`, on
+    fresh simulations every epoch: `cryoseg.data.SimulatedDataset`) and score it with each CRF of `crfs`: F1 of its
+    picks at P > 0.5, AP and best F1 over its picks at P > `rank_threshold`. `flipped`: the splits' micrographs
+    phase-flipped (`flipped_splits`; the streamed training flips its own), to train and predict on instead;
+    `dice_weight`: the soft Dice term of the loss (0: cross-entropy alone)."""
     from cryoseg.train import TrainConfig, fit
     from cryoseg.predict import predict_tiled
     from cryoseg.crf import crf_tiled
@@ -115,14 +115,15 @@ def run_network(name, tr, va, te, diameter, epochs, out: Path, device, crop, n_b
     fdt, truth, _ = te
     cfg = TrainConfig(model=name, epochs=epochs, crop_size=crop, out_dir=str(out / name), overwrite=True,
                       progress=False, device=device, model_kwargs=dict(model_kwargs or {}), dice_weight=dice_weight)
-    images = images or dict(train=tr[0].images, val=va[0].images, test=fdt.images)
+    images = {**dict(train=tr[0].images, val=va[0].images, test=fdt.images), **(flipped or {})}
     t0 = time.perf_counter()
     if stream is None:
         train = (images["train"], tr[0].masks)
     else:
         from cryoseg.data import SimulatedDataset
-        sim_cfg, n_mic, samples, seed, flip = stream
-        train = SimulatedDataset(sim_cfg, n_micrographs=n_mic, crop_size=crop, length=samples, seed=seed, phase_flip=flip)
+        sim_cfg, n_mic, samples, seed = stream
+        train = SimulatedDataset(sim_cfg, n_micrographs=n_mic, crop_size=crop, length=samples, seed=seed,
+                                 phase_flip=flipped is not None)
     res = fit(cfg, train, (images["val"], va[0].masks))
     t_train = time.perf_counter() - t0
     rows = []
@@ -140,7 +141,7 @@ def run_network(name, tr, va, te, diameter, epochs, out: Path, device, crop, n_b
                          diameter, n_boot, preds, fdt.masks)
         what = (f"{name}" + (f" {json.dumps(model_kwargs)}" if model_kwargs else "")
                 + (" (fresh simulations every epoch)" if stream else "") + ("" if tta == "none" else f", {tta} TTA")
-                + (", phase-flipped" if stream and stream[4] else "")
+                + (", phase-flipped" if flipped is not None else "")
                 + ("" if dice_weight == 1 else ", cross-entropy loss" if dice_weight == 0 else f", Dice weight {dice_weight:g}"))
         rows.append(dict(method=what + ("" if crf == "none" else f" + CRF ({crf})"), train_s=t_train, **r))
     return rows
@@ -179,13 +180,14 @@ def run_ideal(results, te, diameter, volume, n_views: int, n_boot) -> list[dict]
     return rows
 
 
-def flipped_splits(roots: dict, cfg, seeds: dict, volume, splits: dict) -> dict:
-    """Each split's micrographs phase-flipped with their own CTF (`cryoseg.data.flipped_image` of the SimResults
-    `simulate_dataset` wrote, re-simulated in memory and checked against the files)."""
+def flipped_splits(roots: dict, cfg, seeds: dict, volume, splits: dict, known: dict) -> dict:
+    """The micrographs of each split in `splits` phase-flipped with their own CTF (`cryoseg.data.flipped_image`) of
+    the SimResults `simulate_dataset` wrote: those in `known` (split: SimResults), the others re-simulated in memory
+    and checked against the files."""
     from cryoseg.data import flipped_image
     out = {}
     for s, split in splits.items():
-        results = simulate_results(len(split[0].images), cfg, seeds[s], volume)
+        results = known.get(s) or simulate_results(len(split[0].images), cfg, seeds[s], volume)
         assert all(np.array_equal(r.image, im) for r, im in zip(results, split[0].images)), f"{roots[s]}: differs"
         out[s] = [flipped_image(r) for r in results]
     return out
@@ -325,12 +327,13 @@ def main():
             summary = snr_summary(results, volume)
             print(json.dumps(dict(condition=label, junk=junk, **summary)), flush=True)
             found = []
-            images = flipped_splits(roots, cfg, seeds, volume, dict(train=tr, val=va, test=te)) if a.phase_flip else None
+            splits = dict(val=va, test=te) if a.stream else dict(train=tr, val=va, test=te)   # streaming flips its own
+            flipped = flipped_splits(roots, cfg, seeds, volume, splits, dict(test=results)) if a.phase_flip else None
             for name in [m for m in a.models.split(",") if m]:       # --models '': no network rows
-                stream = (cfg, a.n_train, a.samples_per_epoch, a.seed + 5000, a.phase_flip) if a.stream else None
+                stream = (cfg, a.n_train, a.samples_per_epoch, a.seed + 5000) if a.stream else None
                 found += run_network(name, tr, va, te, diameter, a.epochs, work / tag, device, a.crop, a.bootstrap,
                                      stream, ("none",) if a.no_crf else ("none", "pydensecrf", "torch"), a.tta,
-                                     a.model_kwargs, a.rank_threshold, images, a.dice_weight)
+                                     a.model_kwargs, a.rank_threshold, flipped, a.dice_weight)
             found += run_baselines(te, diameter, volume, a.bootstrap)
             found += run_ideal(results, te, diameter, volume, a.ideal_views, a.bootstrap)
             if a.topaz_bin:
