@@ -166,15 +166,14 @@ def run_ideal(results, te, diameter, volume, n_views: int, n_boot) -> list[dict]
     and with `n_views` random views of the true volume. Its own picks are those above the log prior odds (precision,
     recall, F1 there); its ranking (AP, best F1) is over every spaced local maximum of its log-likelihood ratio, so
     that its precision-recall curve is not cut at its own threshold (at low SNR that threshold keeps few picks)."""
-    from cryoseg.baselines import ideal_observer_picks
+    from cryoseg.baselines import ideal_observer_picks, log_prior_odds
     fdt, truth, _ = te
     names = [f"{n}.mrc" for n in fdt.names]
     rows = []
     for views, label in (("true", "ideal observer (true views + CTF)"), ("random", f"ideal observer ({n_views} random views + CTF)")):
         every = [ideal_observer_picks(r, volume, views=views, n_views=n_views, micrograph=n, threshold=-np.inf)
                  for r, n in zip(results, names)]
-        prior = [np.log(r.image.size / max(len(r.particles), 1)) for r in results]     # its default threshold
-        own = pd.concat([e[e["score"] > t] for e, t in zip(every, prior)], ignore_index=True)
+        own = pd.concat([e[e["score"] > log_prior_odds(r)] for e, r in zip(every, results)], ignore_index=True)
         rows.append(dict(method=label, **score_ranked(own, pd.concat(every, ignore_index=True), truth, names, diameter,
                                                        n_boot)))
     return rows

@@ -17,7 +17,7 @@ from .simulate import SimResult, contrast_image, particle_signals, result_ctf, r
 
 # %% auto #0
 __all__ = ['blob_response', 'blob_picker', 'best_ncc', 'template_picker', 'ctf_templates', 'matched_filter_scores',
-           'matched_filter_picker', 'ideal_observer_picks']
+           'matched_filter_picker', 'log_prior_odds', 'ideal_observer_picks']
 
 # %% ../nbs/09a_baselines.ipynb #f27ff637
 def _prepare(img, diameter_px: float, dark_particles: bool, highpass_frac: float | None) -> np.ndarray:
@@ -156,6 +156,12 @@ def matched_filter_picker(y: np.ndarray, templates: np.ndarray, sigma: float, di
                        view=which, dprime=d[which])
 
 # %% ../nbs/09a_baselines.ipynb #b19fd3f5
+def log_prior_odds(result: SimResult) -> float:
+    """log(H·W / n_particles): the ideal observer's default threshold on the log-likelihood ratio, a particle's
+    prior odds against each pixel being a particle's centre."""
+    return float(np.log(result.image.size / max(len(result.particles), 1)))
+
+
 def ideal_observer_picks(result: SimResult, volume: np.ndarray | None = None, views: str = "true",
                          n_views: int = 100, seed=0, threshold: float | None = None, min_distance_frac: float = 0.8,
                          edge_px: float | None = None, max_picks: int | None = None, micrograph: str | None = None,
@@ -182,6 +188,6 @@ def ideal_observer_picks(result: SimResult, volume: np.ndarray | None = None, vi
         return make_particles([], [], micrograph=p.get("name", "") if micrograph is None else micrograph)
     y = contrast_image(result).astype(np.float64)
     if threshold is None:
-        threshold = float(np.log(y.size / max(len(result.particles), 1)))
+        threshold = log_prior_odds(result)
     return matched_filter_picker(y - y.mean(), t, sigma, p["diameter_px"], threshold, min_distance_frac, edge_px,
                                  max_picks, p.get("name", "") if micrograph is None else micrograph)
