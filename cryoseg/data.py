@@ -316,7 +316,8 @@ def flipped_image(result, device=None) -> np.ndarray:
     "A SimResult's micrograph phase-flipped with its own CTF (`cryoseg.ctf.phase_flip`), float32 `(H, W)`."
     from cryoseg.ctf import phase_flip
     from cryoseg.simulate import result_ctf
-    return phase_flip(result.image, result.cfg.pixel_size_a, result_ctf(result), device=device)
+    ctf = result_ctf(result)                      # first: it names a SimResult without its SimConfig
+    return phase_flip(result.image, result.cfg.pixel_size_a, ctf, device=device)
 
 # %% ../nbs/04_data.ipynb #6b491d30
 class SimulatedDataset(torch.utils.data.Dataset):
