@@ -122,12 +122,17 @@ def ctf_templates(volume: np.ndarray, pixel_size_a: float, ctf: CTF | None = Non
     return (-proj if invert else proj).astype(np.float32)
 
 # %% ../nbs/09a_baselines.ipynb #f71bf19f
-def matched_filter_scores(y: np.ndarray, templates: np.ndarray, sigma: float) -> tuple[np.ndarray, np.ndarray]:
+def matched_filter_scores(y: np.ndarray, templates: np.ndarray, sigma: float, combine: str = "max"
+                          ) -> tuple[np.ndarray, np.ndarray]:
     """Log-likelihood ratio of a particle at each pixel against noise only, for an image `y` `(H, W)` in white
     Gaussian noise of std `sigma` and exact signals `templates` `(n, B, B)` (centre at B // 2):
-    LLR_k(x) = (Σ_u y(x + u − B//2) t_k(u) − ‖t_k‖²/2) / σ², maximised over k. Returns
+    LLR_k(x) = (Σ_u y(x + u − B//2) t_k(u) − ‖t_k‖²/2) / σ², combined over k by `combine`: `"max"`, the best
+    template (the generalised likelihood ratio), or `"mean"`, log((1/n) Σ_k exp LLR_k(x)): the likelihood ratio
+    of a particle whose signal is one of the n, each as likely (the Bayes marginal). Returns
     `(llr (H, W) float64, best k (H, W) int32)`."""
     from scipy import fft
+    if combine not in ("max", "mean"):
+        raise ValueError(f"combine must be 'max' or 'mean', got {combine!r}")
     y = check_image(y, "y", np.float64, expected="a 2D micrograph (H, W) in contrast units")
     check_positive(sigma, "sigma")
     t = _check_templates(templates, y.shape)
@@ -135,6 +140,7 @@ def matched_filter_scores(y: np.ndarray, templates: np.ndarray, sigma: float) ->
     Hp, Wp = fft.next_fast_len(H + B, real=True), fft.next_fast_len(W + B, real=True)
     Y = fft.rfft2(y, s=(Hp, Wp))
     best = np.full((H, W), -np.inf); which = np.zeros((H, W), np.int32)
+    total = np.full((H, W), -np.inf) if combine == "mean" else None      # log Σ_k exp LLR_k
     for k in range(len(t)):
         K = np.zeros((Hp, Wp)); K[:B, :t.shape[2]] = t[k]
         K = np.roll(K, (-(B // 2), -(t.shape[2] // 2)), axis=(0, 1))      # template centre on [0, 0]
@@ -142,15 +148,17 @@ def matched_filter_scores(y: np.ndarray, templates: np.ndarray, sigma: float) ->
         llr = (corr - 0.5 * (t[k] ** 2).sum()) / sigma**2
         upd = llr > best
         best[upd] = llr[upd]; which[upd] = k
-    return best, which
+        if total is not None:
+            np.logaddexp(total, llr, out=total)
+    return (best, which) if total is None else (total - np.log(len(t)), which)
 
 
 def matched_filter_picker(y: np.ndarray, templates: np.ndarray, sigma: float, diameter_px: float,
                           threshold: float = 0.0, min_distance_frac: float = 0.8, edge_px: float | None = None,
-                          max_picks: int | None = None, micrograph: str = "") -> pd.DataFrame:
-    """Picks at the spaced local maxima of `matched_filter_scores` with LLR > `threshold` (0: likelihood ratio 1),
-    scored by the LLR, with the winning template `view` and its `dprime` = ‖t‖/σ, best first."""
-    llr, which = matched_filter_scores(y, templates, sigma)
+                          max_picks: int | None = None, micrograph: str = "", combine: str = "max") -> pd.DataFrame:
+    """Picks at the spaced local maxima of `matched_filter_scores` (`combine`) with LLR > `threshold` (0: likelihood
+    ratio 1), scored by the LLR, with the most likely template `view` and its `dprime` = ‖t‖/σ, best first."""
+    llr, which = matched_filter_scores(y, templates, sigma, combine)
     d = np.sqrt((np.asarray(templates, np.float64).reshape(len(templates), -1) ** 2).sum(1)) / sigma
     return _picks_from(llr, diameter_px, threshold, min_distance_frac, edge_px, max_picks, micrograph,
                        view=which, dprime=d[which])
@@ -163,12 +171,13 @@ def log_prior_odds(result: SimResult) -> float:
 
 
 def ideal_observer_picks(result: SimResult, volume: np.ndarray | None = None, views: str = "true",
-                         n_views: int = 100, seed=0, threshold: float | None = None, min_distance_frac: float = 0.8,
+                         n_views: int = 1000, seed=0, threshold: float | None = None, min_distance_frac: float = 0.8,
                          edge_px: float | None = None, max_picks: int | None = None, micrograph: str | None = None,
-                         device=None) -> pd.DataFrame:
+                         device=None, combine: str = "mean") -> pd.DataFrame:
     """The ideal observer's picks on a simulated micrograph (`cryoseg.simulate.SimResult`): `matched_filter_picker`
     on its contrast image with each particle's exact signal (`views="true"`) or `n_views` random views of its
-    volume (`"random"`, `seed`), through its CTF and detector, at its noise level; picks with LLR > `threshold`
+    volume (`"random"`, `seed`), through its CTF and detector, at its noise level, the likelihood ratios averaged
+    over the signals (`combine="mean"`, the Bayes observer; `"max"`: the best one); picks with LLR > `threshold`
     (default: the log prior odds log(H·W / n_particles)). `volume`: the simulated one (default: the config's
     built-in); `micrograph`: the name in the table (default `result.params["name"]`)."""
     cfg, p = result.cfg, result.params
@@ -190,4 +199,4 @@ def ideal_observer_picks(result: SimResult, volume: np.ndarray | None = None, vi
     if threshold is None:
         threshold = log_prior_odds(result)
     return matched_filter_picker(y - y.mean(), t, sigma, p["diameter_px"], threshold, min_distance_frac, edge_px,
-                                 max_picks, p.get("name", "") if micrograph is None else micrograph)
+                                 max_picks, p.get("name", "") if micrograph is None else micrograph, combine)
