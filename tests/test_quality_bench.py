@@ -57,3 +57,14 @@ def test_phase_flipped_run_end_to_end(tmp_path, stream):
     ideal = [ln for ln in text.splitlines() if "ideal observer (true views + CTF)" in ln]
     assert len(ideal) == 1, text
     assert "networks on phase-flipped micrographs" in text and "picks at P > 0.01" in text
+
+
+def test_ideal_views_bench_end_to_end(capsys, monkeypatch):
+    "bench/ideal_views.py on a tiny test split: both combinations for the true views and each number of views."
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    iv = load_script("bench/ideal_views.py")
+    df = iv.main(["--size", "192", "--n-particles", "6", "--n-test", "2", "--views", "3", "--bootstrap", "20"])
+    assert [(str(v), c) for v, c in zip(df["views"], df["combine"])] == [
+        ("true", "max"), ("true", "mean"), ("3", "max"), ("3", "mean")]
+    assert df[["f1_own", "f1_best", "ap"]].apply(lambda c: c.between(0, 1)).all().all()
+    assert "| true | mean |" in capsys.readouterr().out
