@@ -181,15 +181,15 @@ def run_ideal(results, te, diameter, volume, n_views: int, n_boot) -> list[dict]
     return rows
 
 
-def flipped_splits(roots: dict, cfg, seeds: dict, volume, splits: dict, known: dict) -> dict:
+def flipped_splits(roots: dict, volume, splits, known: dict) -> dict:
     """The micrographs of each split in `splits` phase-flipped with their own CTF (`cryoseg.data.flipped_image`) of
-    the SimResults `simulate_dataset` wrote: those in `known` (split: SimResults), the others re-simulated in memory
-    and checked against the files."""
+    the SimResults `simulate_dataset` wrote in `roots[split]`: those in `known` (split: SimResults), the others
+    simulated again and checked against the files (`cryoseg.simulate.dataset_results`)."""
     from cryoseg.data import flipped_image
+    from cryoseg.simulate import dataset_results
     out = {}
-    for s, split in splits.items():
-        results = known.get(s) or simulate_results(len(split[0].images), cfg, seeds[s], volume)
-        assert all(np.array_equal(r.image, im) for r, im in zip(results, split[0].images)), f"{roots[s]}: differs"
+    for s in splits:
+        results = known.get(s) or dataset_results(roots[s], volume)
         out[s] = [flipped_image(r) for r in results]
     return out
 
@@ -296,7 +296,7 @@ def main():
         a.topaz_epochs, a.topaz_epoch_size = 5, 200
     if a.threads: torch.set_num_threads(a.threads)
     from cryoseg.core import get_device
-    from cryoseg.simulate import SimConfig
+    from cryoseg.simulate import SimConfig, dataset_results
     from cryoseg.volumes import make_volume
     device = str(get_device(a.device))
     m = machine_info()
@@ -323,14 +323,12 @@ def main():
             tr, va, te = (load_split(roots[s]) for s in ("train", "val", "test"))
             diameter = float(np.nanmedian(te[1]["diameter_px"]))
             volume = make_volume(cfg.volume_kind, cfg.box_size, cfg.pixel_size_a, cfg.diameter_a, cfg.volume_seed)
-            results = simulate_results(a.n_test, cfg, seeds["test"], volume)
-            for r, img in zip(results, te[0].images):          # the in-memory truth is what was written
-                assert np.array_equal(r.image, img), "simulate_results differs from simulate_dataset"
+            results = dataset_results(roots["test"], volume)    # the truth behind the files, checked against them
             summary = snr_summary(results, volume)
             print(json.dumps(dict(condition=label, junk=junk, **summary)), flush=True)
             found = []
             splits = dict(val=va, test=te) if a.stream else dict(train=tr, val=va, test=te)   # streaming flips its own
-            flipped = flipped_splits(roots, cfg, seeds, volume, splits, dict(test=results)) if a.phase_flip else None
+            flipped = flipped_splits(roots, volume, splits, dict(test=results)) if a.phase_flip else None
             for name in [m for m in a.models.split(",") if m]:       # --models '': no network rows
                 stream = (cfg, a.n_train, a.samples_per_epoch, a.seed + 5000) if a.stream else None
                 found += run_network(name, tr, va, te, diameter, a.epochs, work / tag, device, a.crop, a.bootstrap,

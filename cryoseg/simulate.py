@@ -19,7 +19,7 @@ from .coords import write_particles
 from .core import (LRUCache, as_generator, check_image, check_positive, get_device, jsonable, package_versions,
                           to_numpy)
 from .ctf import CTF, apply_ctf, default_pad_px, interaction_constant
-from .io import atomic_path, write_mask, write_micrograph
+from .io import atomic_path, read_micrograph, write_mask, write_micrograph
 from .particles import make_particles
 from .projection import (euler_to_matrix, footprint_masks, matrix_to_euler, project_tensor, random_rotations,
                                 volume_key)
@@ -32,7 +32,7 @@ __all__ = ['WATER_MOLECULES_PER_A3', 'SNR_DEFINITION', 'max_particles', 'place_p
            'Background', 'draw_background', 'draw_particles', 'paste_projections', 'detector_blur', 'ctf_pad_px',
            'image_contrast', 'draw_transmission', 'record_image', 'particle_table', 'simulate_micrograph',
            'particle_signals', 'contrast_image', 'result_volume', 'result_ctf', 'result_signals', 'snr_report',
-           'simulate_dataset']
+           'simulate_dataset', 'dataset_results']
 
 # %% ../nbs/02d_simulate.ipynb #4114753a
 def max_particles(shape: tuple[int, int], min_distance_px: float, margin_px: float = 0.0) -> int:
@@ -903,3 +903,33 @@ def simulate_dataset(out_dir: str | Path, n_micrographs: int = 4, cfg: SimConfig
     return out
 
 
+
+# %% ../nbs/02d_simulate.ipynb #b22dd66b
+def dataset_results(root: str | Path, volume: np.ndarray | None = None) -> list[SimResult]:
+    """The `SimResult`s of a `simulate_dataset` folder in name order, simulated again on the CPU from its
+    `simulation.json` (config, seed) and checked against its micrographs. `volume`: the one it was simulated from,
+    when not its config's built-in (checked by the recorded sha256). A folder simulated on a GPU, by another
+    version, or edited since, is refused with the file that differs."""
+    root = Path(root)
+    meta_path = root / "simulation.json"
+    if not meta_path.is_file():
+        raise FileNotFoundError(f"{meta_path}: not found (is {root} a folder written by simulate_dataset?)")
+    try:
+        meta = json.loads(meta_path.read_text())
+        cfg, seed, n = SimConfig(**meta["config"]), int(meta["seed"]), int(meta["n_micrographs"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{meta_path}: not a cryoseg simulation record ({type(e).__name__}: {e})") from None
+    vol, info = _dataset_volume(cfg, volume)
+    if info["sha256"] != meta.get("volume", {}).get("sha256"):
+        raise ValueError(f"{root}: simulated from another volume than "
+                         + ("its config's built-in one: pass that volume" if volume is None else "the one given"))
+    out = []
+    for i, s in enumerate(np.random.SeedSequence(seed).spawn(n)):
+        name = f"mic_{i:04d}"
+        res = simulate_micrograph(vol, cfg, np.random.default_rng(s), device="cpu", name=name)
+        f = root / "micrographs" / f"{name}.mrc"
+        if not f.is_file() or not np.array_equal(read_micrograph(f)[0], res.image):
+            raise ValueError(f"{f}: " + ("missing" if not f.is_file() else "differs from its simulation")
+                             + " (simulated on a GPU, by another cryoseg version, or changed since)")
+        out.append(res)
+    return out
