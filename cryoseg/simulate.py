@@ -871,6 +871,13 @@ _CONVENTIONS = dict(snr=SNR_DEFINITION,
                     coordinates="particle centres (x = column, y = row) in pixels")
 
 
+def _dataset_micrographs(volume: np.ndarray, cfg: SimConfig, seed: int, n: int, device=None):
+    "Yield `(name, SimResult)` of a dataset's micrographs: `mic_<i>` from the i-th child of `SeedSequence(seed)`."
+    for i, s in enumerate(np.random.SeedSequence(int(seed)).spawn(int(n))):
+        name = f"mic_{i:04d}"
+        yield name, simulate_micrograph(volume, cfg, np.random.default_rng(s), device=device, name=name)
+
+
 def simulate_dataset(out_dir: str | Path, n_micrographs: int = 4, cfg: SimConfig | None = None,
                      volume: np.ndarray | None = None, seed=0, overwrite: bool = False, progress: bool = True,
                      save_clean: bool = True, device=None) -> Path:
@@ -888,11 +895,9 @@ def simulate_dataset(out_dir: str | Path, n_micrographs: int = 4, cfg: SimConfig
     out = Path(out_dir)
     _prepare_folder(out, overwrite, save_clean)
     volume, vol_info = _dataset_volume(cfg, volume)
-    seeds = np.random.SeedSequence(int(seed)).spawn(n_micrographs)
     per_mic = []
-    for i in tqdm(range(n_micrographs), desc="simulating", disable=not progress):
-        name = f"mic_{i:04d}"
-        res = simulate_micrograph(volume, cfg, np.random.default_rng(seeds[i]), device=device, name=name)
+    for name, res in tqdm(_dataset_micrographs(volume, cfg, seed, n_micrographs, device), total=n_micrographs,
+                          desc="simulating", disable=not progress):
         _write_result(out, name, res, cfg, save_clean, overwrite)
         per_mic.append(res.params)
     meta = dict(cryoseg_simulation=1, seed=int(seed), n_micrographs=n_micrographs, config=cfg.to_dict(),
@@ -924,9 +929,7 @@ def dataset_results(root: str | Path, volume: np.ndarray | None = None) -> list[
         raise ValueError(f"{root}: simulated from another volume than "
                          + ("its config's built-in one: pass that volume" if volume is None else "the one given"))
     out = []
-    for i, s in enumerate(np.random.SeedSequence(seed).spawn(n)):
-        name = f"mic_{i:04d}"
-        res = simulate_micrograph(vol, cfg, np.random.default_rng(s), device="cpu", name=name)
+    for name, res in _dataset_micrographs(vol, cfg, seed, n, device="cpu"):
         f = root / "micrographs" / f"{name}.mrc"
         if not f.is_file() or not np.array_equal(read_micrograph(f)[0], res.image):
             raise ValueError(f"{f}: " + ("missing" if not f.is_file() else "differs from its simulation")
