@@ -21,13 +21,9 @@ import pandas as pd
 
 def observer_rows(results, names, truth, diameter, views, combine: str, n_boot: int) -> dict:
     "Scores of one ideal observer (`views`: 'true' or a number of random views) on the SimResults `results`."
-    from cryoseg.baselines import ideal_observer_picks, log_prior_odds
-    from quality import score_ranked
-    kw = dict(views="true") if views == "true" else dict(views="random", n_views=int(views))
-    every = [ideal_observer_picks(r, micrograph=n, threshold=-np.inf, combine=combine, **kw)
-             for r, n in zip(results, names)]
-    own = pd.concat([e[e["score"] > log_prior_odds(r)] for e, r in zip(every, results)], ignore_index=True)
-    s = score_ranked(own, pd.concat(every, ignore_index=True), truth, names, diameter, n_boot)
+    from quality import ideal_scores
+    s = ideal_scores(results, names, truth, diameter, None, "true" if views == "true" else "random",
+                     0 if views == "true" else int(views), n_boot, combine)
     return dict(views=views, combine=combine, f1_own=s["f1"], f1_best=s["f1_best"], ap=s["ap"],
                 ap_lo=s["ap_lo"], ap_hi=s["ap_hi"])
 

@@ -162,27 +162,31 @@ def run_baselines(te, diameter, volume, n_boot) -> list[dict]:
                  **score(tm, truth, names, diameter, n_boot=n_boot))]
 
 
-def run_ideal(results, te, diameter, volume, n_views: int, n_boot) -> list[dict]:
-    """The ideal observer on the test micrographs: the matched filter's likelihood ratios averaged over every
-    particle's true view and CTF (the Bayes observer), and over `n_views` random views of the true volume. Its own picks are those above the log prior odds (precision,
-    recall, F1 there); its ranking (AP, best F1) is over every spaced local maximum of its log-likelihood ratio, so
-    that its precision-recall curve is not cut at its own threshold (at low SNR that threshold keeps few picks)."""
+def ideal_scores(results, names, truth, diameter, volume, views: str, n_views: int, n_boot,
+                 combine: str = "mean") -> dict:
+    """Scores of one ideal observer (`ideal_observer_picks` with `views`, `n_views`, `combine`) on the SimResults
+    `results` (micrographs `names`). Its own picks are those above the log prior odds (precision, recall, F1 there);
+    its ranking (AP, best F1) is over every spaced local maximum of its log-likelihood ratio, so that its
+    precision-recall curve is not cut at its own threshold (at low SNR that threshold keeps few picks)."""
     from cryoseg.baselines import ideal_observer_picks, log_prior_odds
+    every = [ideal_observer_picks(r, volume, views=views, n_views=n_views, micrograph=n, threshold=-np.inf,
+                                  combine=combine) for r, n in zip(results, names)]
+    own = pd.concat([e[e["score"] > log_prior_odds(r)] for e, r in zip(every, results)], ignore_index=True)
+    return score_ranked(own, pd.concat(every, ignore_index=True), truth, names, diameter, n_boot)
+
+
+def run_ideal(results, te, diameter, volume, n_views: int, n_boot) -> list[dict]:
+    """The ideal observer on the test micrographs (`ideal_scores`): the matched filter's likelihood ratios averaged
+    over every particle's true view and CTF (the Bayes observer), and over `n_views` random views of the true volume."""
     fdt, truth, _ = te
     names = [f"{n}.mrc" for n in fdt.names]
-    rows = []
-    for views, label in (("true", "ideal observer (true views + CTF)"),
-                         ("random", f"ideal observer ({n_views} random views + CTF)")):
-        every = [ideal_observer_picks(r, volume, views=views, n_views=n_views, micrograph=n, threshold=-np.inf)
-                 for r, n in zip(results, names)]
-        own = pd.concat([e[e["score"] > log_prior_odds(r)] for e, r in zip(every, results)], ignore_index=True)
-        rows.append(dict(method=label, **score_ranked(own, pd.concat(every, ignore_index=True), truth, names, diameter,
-                                                       n_boot)))
-    return rows
+    return [dict(method=label, **ideal_scores(results, names, truth, diameter, volume, views, n_views, n_boot))
+            for views, label in (("true", "ideal observer (true views + CTF)"),
+                                 ("random", f"ideal observer ({n_views} random views + CTF)"))]
 
 
 def flipped_splits(roots: dict, volume, splits, known: dict) -> dict:
-    """The micrographs of each split in `splits` phase-flipped with their own CTF (`cryoseg.data.flipped_image`) of
+    """The micrographs of each split named in `splits` phase-flipped with their own CTF (`cryoseg.data.flipped_image`) of
     the SimResults `simulate_dataset` wrote in `roots[split]`: those in `known` (split: SimResults), the others
     simulated again and checked against the files (`cryoseg.simulate.dataset_results`)."""
     from cryoseg.data import flipped_image
@@ -327,7 +331,7 @@ def main():
             summary = snr_summary(results, volume)
             print(json.dumps(dict(condition=label, junk=junk, **summary)), flush=True)
             found = []
-            splits = dict(val=va, test=te) if a.stream else dict(train=tr, val=va, test=te)   # streaming flips its own
+            splits = ("val", "test") if a.stream else ("train", "val", "test")   # streaming flips its own
             flipped = flipped_splits(roots, volume, splits, dict(test=results)) if a.phase_flip else None
             for name in [m for m in a.models.split(",") if m]:       # --models '': no network rows
                 stream = (cfg, a.n_train, a.samples_per_epoch, a.seed + 5000) if a.stream else None
