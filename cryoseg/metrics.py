@@ -14,7 +14,7 @@ from .particles import micrograph_key
 # %% auto #0
 __all__ = ['RULES', 'PR_COLUMNS', 'confusion_counts', 'pixel_scores', 'pixel_metrics', 'as_xy', 'match_picks', 'box_iou',
            'match_boxes', 'pick_outcomes', 'picking_scores', 'picking_metrics', 'picking_table', 'picking_report',
-           'micrograph_rows', 'pr_curve', 'average_precision', 'picking_intervals', 'metrics_table']
+           'micrograph_rows', 'pr_curve', 'average_precision', 'picking_intervals', 'picking_gap', 'metrics_table']
 
 # %% ../nbs/09_metrics.ipynb #52735027
 _NOT_BINARY = ("{} must be a binary mask (bool or 0/1), got values other than 0 and 1 "
@@ -643,6 +643,42 @@ def _micrograph_counts(picks, truth, diameter_px, ts, frac, rule, min_iou, box_p
     return names, counts
 
 
+def _boot_counts(picks, truth, diameter_px, thresholds, n_thresholds, frac, rule, min_iou, box_px, micrographs,
+                 missing, who: str) -> tuple[list, np.ndarray]:
+    """`_micrograph_counts` at every pick (the lowest score) first, then `pr_curve`'s thresholds (or `thresholds`)."""
+    ts = _score_thresholds(picks, thresholds, n_thresholds, who)
+    s = picks["score"].to_numpy(np.float64)
+    ts = [float(s.min()) if len(s) else 0.0] + ts          # every pick is kept at the lowest score
+    return _micrograph_counts(picks, truth, diameter_px, ts, frac, rule, min_iou, box_px, micrographs, missing)
+
+
+
+# %% ../nbs/09_metrics.ipynb #ed4774df
+def _resamples(n: int, n_boot: int, level: float, seed, who: str) -> np.ndarray:
+    "Bootstrap indices `(n_boot, n)` of `n` micrographs, drawn with replacement (`seed`: int or Generator)."
+    if not (0 < level < 1):
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    if int(n_boot) < 1:
+        raise ValueError(f"n_boot must be >= 1, got {n_boot}")
+    if n == 0:
+        raise ValueError(f"{who}: no micrograph to resample")
+    rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+    return rng.integers(0, n, (int(n_boot), n))
+
+
+def _count_scores(c: np.ndarray) -> tuple:
+    """`(F1 with every pick kept, best F1, AP)` of summed counts `c` (..., T, 4) from `_boot_counts`."""
+    T = c.shape[-2]
+    p, r, f1 = _curve_scores(*np.moveaxis(c, -1, 0))
+    ap = [_ap(rr[1:], pp[1:], cc[1:, 0] > 0) for rr, pp, cc in zip(r.reshape(-1, T), p.reshape(-1, T), c.reshape(-1, T, 4))]
+    return f1[..., 0], f1.max(-1), np.asarray(ap).reshape(c.shape[:-2])
+
+
+def _percentiles(v: np.ndarray, level: float) -> tuple[float, float]:
+    lo, hi = np.percentile(v, [50 * (1 - level), 50 * (1 + level)])
+    return float(lo), float(hi)
+
+
 def picking_intervals(picks, truth, diameter_px: float, n_boot: int = 1000, level: float = 0.95, seed=0,
                       thresholds=None, n_thresholds: int = 50, frac: float = 0.5, rule: str = "distance",
                       min_iou: float = 0.5, box_px: float | None = None, micrographs=None,
@@ -655,32 +691,37 @@ def picking_intervals(picks, truth, diameter_px: float, n_boot: int = 1000, leve
     ice, defocus and dose. Returns `dict(f1, f1_lo, f1_hi, ap, ap_lo, ap_hi, n_micrographs, n_boot, level)`;
     `f1` and `ap` equal `picking_metrics` and `average_precision` on the full sample. With few micrographs the
     interval is rough (and 0 wide with one)."""
-    if not (0 < level < 1):
-        raise ValueError(f"level must be in (0, 1), got {level}")
-    if int(n_boot) < 1:
-        raise ValueError(f"n_boot must be >= 1, got {n_boot}")
-    ts = _score_thresholds(picks, thresholds, n_thresholds, "picking_intervals")
-    s = picks["score"].to_numpy(np.float64)
-    ts = [float(s.min()) if len(s) else 0.0] + ts          # every pick is kept at the lowest score
-    names, counts = _micrograph_counts(picks, truth, diameter_px, ts, frac, rule, min_iou, box_px, micrographs, missing)
-    if len(names) == 0:
-        raise ValueError("picking_intervals: no micrograph to resample")
-    rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
-    idx = rng.integers(0, len(names), (int(n_boot), len(names)))
+    names, counts = _boot_counts(picks, truth, diameter_px, thresholds, n_thresholds, frac, rule, min_iou, box_px,
+                                 micrographs, missing, "picking_intervals")
+    idx = _resamples(len(names), n_boot, level, seed, "picking_intervals")
+    (f1, _, ap), (f1_b, _, ap_b) = _count_scores(counts.sum(0)), _count_scores(counts[idx].sum(1))
+    (f1_lo, f1_hi), (ap_lo, ap_hi) = _percentiles(f1_b, level), _percentiles(ap_b, level)
+    return dict(f1=float(f1), f1_lo=f1_lo, f1_hi=f1_hi, ap=float(ap), ap_lo=ap_lo, ap_hi=ap_hi,
+                n_micrographs=len(names), n_boot=int(n_boot), level=float(level))
 
-    def scores(c):                                    # c: (..., T, 4) summed counts -> (F1 of every pick, AP)
-        p, r, f1 = _curve_scores(*np.moveaxis(c, -1, 0))
-        ap = [_ap(rr[k], pp[k]) for rr, pp, k in zip(r.reshape(-1, len(ts))[:, 1:], p.reshape(-1, len(ts))[:, 1:],
-                                                         c.reshape(-1, len(ts), 4)[:, 1:, 0] > 0)]
-        return f1[..., 0], np.asarray(ap)
 
-    f1, ap = scores(counts.sum(0))
-    f1_b, ap_b = scores(counts[idx].sum(1))
-    q = [50 * (1 - level), 50 * (1 + level)]
-    (f1_lo, f1_hi), (ap_lo, ap_hi) = np.percentile(f1_b, q), np.percentile(ap_b, q)
-    return dict(f1=float(f1), f1_lo=float(f1_lo), f1_hi=float(f1_hi), ap=float(ap[0]), ap_lo=float(ap_lo),
-                ap_hi=float(ap_hi), n_micrographs=len(names), n_boot=int(n_boot), level=float(level))
-
+# %% ../nbs/09_metrics.ipynb #9e8fccbe
+def picking_gap(picks, other, truth, diameter_px: float, n_boot: int = 1000, level: float = 0.95, seed=0,
+                n_thresholds: int = 50, frac: float = 0.5, rule: str = "distance", min_iou: float = 0.5,
+                box_px: float | None = None, micrographs=None, missing: str = "error") -> dict:
+    """`picks` minus `other` on the same micrographs: F1 (every pick kept), best F1 over each one's `pr_curve`
+    and AP, with paired bootstrap percentile intervals (the same resampled micrographs for both; see
+    `picking_intervals`). Returns `dict(f1, f1_lo, f1_hi, f1_best, f1_best_lo, f1_best_hi, ap, ap_lo, ap_hi,
+    n_micrographs, n_boot, level)`; the full-sample values are the differences of `picking_metrics`' F1, the
+    `pr_curve` maximum of F1 and `average_precision`."""
+    args = (truth, diameter_px, None, n_thresholds, frac, rule, min_iou, box_px, micrographs, missing, "picking_gap")
+    (names, ca), (names_b, cb) = _boot_counts(picks, *args), _boot_counts(other, *args)
+    if names != names_b:
+        raise ValueError(f"picking_gap: the two pickers are scored on different micrographs ({len(names)} and "
+                         f"{len(names_b)}); name them all in micrographs=[...]")
+    idx = _resamples(len(names), n_boot, level, seed, "picking_gap")
+    full = np.subtract(_count_scores(ca.sum(0)), _count_scores(cb.sum(0)))
+    boot = np.subtract(_count_scores(ca[idx].sum(1)), _count_scores(cb[idx].sum(1)))
+    out = {}
+    for k, key in enumerate(("f1", "f1_best", "ap")):
+        lo, hi = _percentiles(boot[k], level)
+        out.update({key: float(full[k]), f"{key}_lo": lo, f"{key}_hi": hi})
+    return dict(out, n_micrographs=len(names), n_boot=int(n_boot), level=float(level))
 
 # %% ../nbs/09_metrics.ipynb #90499f0d
 def metrics_table(results: dict, columns=("precision", "recall", "f1", "n_picks", "n_true", "n_matched",
