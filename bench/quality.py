@@ -17,7 +17,8 @@ are scored on the test micrographs: pixel precision/recall/IoU (where there is a
 precision/recall/F1 at each picker's own threshold, the best F1 along its precision–recall curve and AP,
 matched one-to-one within 0.5 × diameter (the networks' AP and best F1 over their picks at P > --rank-threshold,
 the ideal observer's over every local maximum), with 95 % bootstrap intervals over test micrographs for F1
-and AP. Each condition states its SNR fully (`cryoseg.simulate.snr_report`, mean over the test
+and AP, and how far each picker is behind the true-view ideal observer on the same micrographs (F1, best F1, AP),
+with a paired bootstrap interval. Each condition states its SNR fully (`cryoseg.simulate.snr_report`, mean over the test
 micrographs): the footprint SNR per pixel at the pixel size, the matched filter's d′ and the equivalent
 dose. Prints the machine and a markdown snippet for BENCHMARKS.md.
 
@@ -98,6 +99,7 @@ def score_ranked(own, every, truth, names, diameter, n_boot, preds=None, targets
     row = score(own, truth, names, diameter, preds, targets, n_boot=n_boot)
     row.update({k: ranked[k] for k in ("ap", "ap_lo", "ap_hi")})
     row["f1_best"] = max(ranked["f1_best"], row["f1"])      # the curve's thresholds are quantiles: may miss its own
+    row["_tables"] = (own, every)                           # for `add_gaps`; dropped before printing
     return row
 
 
@@ -157,9 +159,9 @@ def run_baselines(te, diameter, volume, n_boot) -> list[dict]:
     templates = project(volume, random_rotations(24, seed=0))
     tm = pd.concat([template_picker(im, templates, diameter, micrograph=n) for im, n in zip(fdt.images, names)],
                    ignore_index=True)
-    return [dict(method="blob picker (LoG)", **score(blob, truth, names, diameter, n_boot=n_boot)),
+    return [dict(method="blob picker (LoG)", **score(blob, truth, names, diameter, n_boot=n_boot), _tables=(blob, blob)),
             dict(method="template matching (NCC, 24 CTF-free views of the true volume, threshold 4σ)",
-                 **score(tm, truth, names, diameter, n_boot=n_boot))]
+                 **score(tm, truth, names, diameter, n_boot=n_boot), _tables=(tm, tm))]
 
 
 def ideal_scores(results, names, truth, diameter, volume, views: str, n_views: int, n_boot,
@@ -235,16 +237,35 @@ def run_topaz(topaz: str, tr_root: Path, te_root: Path, tr, te, diameter, epochs
     picks["micrograph"] = picks["micrograph"].astype(str) + ".mrc"
     fdt, ttruth, _ = te
     names = [f"{n}.mrc" for n in fdt.names]
-    r = score(picks[picks["score"] >= 0], ttruth, names, diameter)
-    full = score(picks, ttruth, names, diameter)
-    r.update({k: full[k] for k in ("ap", "ap_lo", "ap_hi", "f1_best")})
+    r = score_ranked(picks[picks["score"] >= 0], picks, ttruth, names, diameter, N_BOOT)
     return [dict(method="Topaz (resnet8, its CLI, threshold 0)", train_s=t_train, **r)]
+
+
+TRUE_VIEW = "ideal observer (true views + CTF)"
+GAPS = ("gap_f1", "gap_f1_best", "gap_ap")
+
+
+def add_gaps(rows: list[dict], truth, names, diameter, n_boot) -> list[dict]:
+    """Each picker's distance behind the true-view ideal observer on the same test micrographs, with a paired
+    bootstrap interval (`cryoseg.metrics.picking_gap`, observer minus picker): `gap_f1` at the two pickers' own
+    thresholds, `gap_f1_best` and `gap_ap` over every candidate each ranks. The pickers' tables are then dropped."""
+    from cryoseg.metrics import picking_gap
+    ref = next((r["_tables"] for r in rows if r["method"] == TRUE_VIEW), None)
+    for r in rows:
+        own, every = r.pop("_tables")
+        if ref is None or r["method"] == TRUE_VIEW:
+            continue
+        g_own = picking_gap(ref[0], own, truth, diameter, n_boot=n_boot, micrographs=names)
+        g_every = picking_gap(ref[1], every, truth, diameter, n_boot=n_boot, micrographs=names)
+        for key, g, k in (("gap_f1", g_own, "f1"), ("gap_f1_best", g_every, "f1_best"), ("gap_ap", g_every, "ap")):
+            r.update({key: g[k], f"{key}_lo": g[f"{k}_lo"], f"{key}_hi": g[f"{k}_hi"]})
+    return rows
 
 
 def with_intervals(df: pd.DataFrame) -> pd.DataFrame:
     "F1 and AP as 'value [lo, hi]' strings (95 % bootstrap intervals); the interval columns dropped."
     df = df.copy()
-    for k in ("f1", "ap"):
+    for k in ("f1", "ap", *GAPS):
         if {k, f"{k}_lo", f"{k}_hi"} <= set(df.columns):
             df[k] = [f"{v:.3f} [{lo:.2f}, {hi:.2f}]" if v == v else "–" for v, lo, hi in zip(df[k], df[f"{k}_lo"], df[f"{k}_hi"])]
             df = df.drop(columns=[f"{k}_lo", f"{k}_hi"])
@@ -266,11 +287,12 @@ def main():
     ap.add_argument("--doses", default="10,20,40", help="doses in e⁻/Å² with shot noise and the physical phase ('' for none)")
     ap.add_argument("--junk", choices=("off", "on", "both"), default="off", help="ice gradient + contaminants")
     ap.add_argument("--n-train", type=int, default=8); ap.add_argument("--n-val", type=int, default=2)
-    ap.add_argument("--n-test", type=int, default=4)
+    ap.add_argument("--n-test", type=int, default=16,
+                    help="test micrographs (default 16: 960 particles at 1024², enough to tell gaps of 0.01–0.02 apart)")
     ap.add_argument("--particles-per-mpx", type=float, default=60.0, help="particles per 1024² of micrograph")
     ap.add_argument("--n-particles", type=int, default=None, help="particles per micrograph (overrides the density)")
     ap.add_argument("--ideal-views", type=int, default=1000,
-                    help="random views of the random-view ideal observer (default 1000; ~2 min per 4 test micrographs of 1024²)")
+                    help="random views of the random-view ideal observer (default 1000; ~30 s per test micrograph of 1024²)")
     ap.add_argument("--bootstrap", type=int, default=N_BOOT, help="bootstrap resamplings for the 95 %% intervals")
     ap.add_argument("--epochs", type=int, default=12); ap.add_argument("--crop", type=int, default=96)
     ap.add_argument("--models", default="unet", help="comma-separated: unet, fcn_resnet50, deeplabv3_resnet50 ('': none, the baselines and ideal observer only)")
@@ -347,13 +369,15 @@ def main():
                 except (subprocess.CalledProcessError, OSError, IndexError) as e:
                     msg = getattr(e, "stderr", "") or str(e)
                     print(f"Topaz failed at {label}: {msg.strip().splitlines()[-1] if msg.strip() else e}", flush=True)
+            add_gaps(found, te[1], [f"{n}.mrc" for n in te[0].names], diameter, a.bootstrap)
             for r in found:
                 r.update(condition=label, junk=junk, **summary)
                 print(json.dumps(r), flush=True)
             rows += found
     df = pd.DataFrame(rows)
     cols = ["condition", "junk", "snr_fp", "dprime", "dose_eq", "method", "pixel_precision", "pixel_recall", "pixel_iou",
-            "precision", "recall", "f1", "f1_lo", "f1_hi", "f1_best", "ap", "ap_lo", "ap_hi", "n_picks"]
+            "precision", "recall", "f1", "f1_lo", "f1_hi", "f1_best", "ap", "ap_lo", "ap_hi", "n_picks",
+            *[f"{g}{s}" for g in GAPS for s in ("", "_lo", "_hi")]]
     df = with_intervals(df[[c for c in cols if c in df.columns]])
     text = "\n".join(["### Picking quality on the seeded synthetic benchmark (`bench/quality.py`)", "", head, "",
                       f"{a.size}² micrographs at 4 Å/px, {n_particles} particles each, train/val/test = "
@@ -368,7 +392,9 @@ def main():
                       f"{a.rank_threshold:g}){'; networks on phase-flipped micrographs' if a.phase_flip else ''}; [95 % "
                       "bootstrap interval over the "
                       f"{a.n_test} test micrographs, {a.bootstrap} resamplings]. No picker beats the true-view ideal "
-                      "observer in expectation.", "",
+                      "observer in expectation. `gap_f1`, `gap_f1_best`, `gap_ap`: how far each picker is behind it "
+                      "(observer minus picker, at their own thresholds / best F1 / AP) on the same micrographs, with a "
+                      "paired bootstrap interval (`cryoseg.metrics.picking_gap`).", "",
                       markdown_table(df), ""])
     print(text)
     if a.out:

@@ -38,6 +38,22 @@ def test_own_picks_give_f1_and_ranked_candidates_give_ap(quality):
     assert row["f1_best"] == pytest.approx(max(2 / 3, 2 * (4 / 5) * 1 / (4 / 5 + 1)))   # all 5 candidates: P 4/5, R 1
 
 
+def test_gaps_to_the_true_view_observer(quality):
+    """Two micrographs of 4 particles. The true-view observer finds all 8; a picker finds 2 per micrograph at its
+    own threshold and all of them among its ranked candidates: it is 1 − 2/3 behind in F1, 0 in best F1 and AP. The
+    observer's own row gets no gap, and the tables behind the gaps are gone from every row."""
+    names = ["a.mrc", "b.mrc"]
+    sites = [(100, 100, 1), (300, 100, 1), (100, 300, 1), (300, 300, 1)]
+    truth = pd.concat([picks(sites, n) for n in names], ignore_index=True)
+    own = pd.concat([picks(sites[:2], n) for n in names], ignore_index=True)
+    every = pd.concat([own] + [picks(sites[2:], n).assign(score=0.5) for n in names], ignore_index=True)
+    rows = [dict(method=quality.TRUE_VIEW, _tables=(truth, truth)), dict(method="picker", _tables=(own, every))]
+    quality.add_gaps(rows, truth, names, 40.0, n_boot=20)
+    assert rows[1]["gap_f1"] == pytest.approx(1 / 3) and rows[1]["gap_f1_lo"] == pytest.approx(1 / 3)
+    assert rows[1]["gap_f1_best"] == pytest.approx(0) and rows[1]["gap_ap"] == pytest.approx(0)
+    assert "gap_f1" not in rows[0] and not any("_tables" in r for r in rows)
+
+
 @pytest.mark.parametrize("stream", [True, False])
 def test_phase_flipped_run_end_to_end(tmp_path, stream):
     """A toy run on phase-flipped micrographs, streamed or on the fixed training set: the network row says so, and
@@ -56,6 +72,8 @@ def test_phase_flipped_run_end_to_end(tmp_path, stream):
     assert ("fresh simulations every epoch" in net[0]) == stream, net[0]
     ideal = [ln for ln in text.splitlines() if "ideal observer (true views + CTF)" in ln]
     assert len(ideal) == 1, text
+    header = next(ln for ln in text.splitlines() if ln.startswith("| condition"))
+    assert all(f" {g} " in header for g in ("gap_f1", "gap_f1_best", "gap_ap")), header
     assert "networks on phase-flipped micrographs" in text and "picks at P > 0.01" in text
 
 
