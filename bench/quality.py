@@ -56,10 +56,8 @@ def simulate_split(root: Path, n: int, cfg, seed: int):
 def simulate_results(n: int, cfg, seed: int, volume) -> list:
     """The SimResults `simulate_dataset(root, n, cfg, volume, seed)` writes, in memory (same seeds: micrograph i
     uses the i-th child of SeedSequence(seed)), for the observers that need the truth (the ideal observer)."""
-    from cryoseg.simulate import simulate_micrograph
-    seeds = np.random.SeedSequence(int(seed)).spawn(n)
-    return [simulate_micrograph(volume, cfg, np.random.default_rng(seeds[i]), device="cpu", name=f"mic_{i:04d}.mrc")
-            for i in range(n)]
+    from cryoseg.simulate import _dataset_micrographs      # the dataset's own seeding rule, not a copy of it
+    return [r for _, r in _dataset_micrographs(volume, cfg, seed, n, device="cpu")]
 
 
 def load_split(root: Path):
