@@ -72,14 +72,16 @@ def load_split(root: Path):
 
 
 N_BOOT = 1000
+N_THRESHOLDS = 10**6    # precision-recall curves at every distinct score: exact best F1 and AP. pr_curve's default 50
+                        # quantiles put few thresholds where an observer that ranks thousands of noise maxima has its best F1
 
 
 def score(picks, truth, names, diameter, preds=None, targets=None, n_boot: int = N_BOOT) -> dict:
     "Picking scores with 95 % bootstrap intervals over micrographs (`cryoseg.metrics.picking_intervals`), pixel scores."
     from cryoseg.metrics import picking_intervals, picking_metrics, pixel_metrics, pr_curve
     m = picking_metrics(picks, truth, diameter, micrographs=names)
-    iv = picking_intervals(picks, truth, diameter, n_boot=n_boot, micrographs=names)
-    curve = pr_curve(picks, truth, diameter, micrographs=names)
+    iv = picking_intervals(picks, truth, diameter, n_boot=n_boot, micrographs=names, n_thresholds=N_THRESHOLDS)
+    curve = pr_curve(picks, truth, diameter, micrographs=names, n_thresholds=N_THRESHOLDS)
     f1_best = float(curve["f1"].max()) if len(curve) else m["f1"]
     row = dict(precision=m["precision"], recall=m["recall"], f1=m["f1"], f1_best=f1_best, n_picks=m["n_picks"],
                ap=iv["ap"], f1_lo=iv["f1_lo"], f1_hi=iv["f1_hi"], ap_lo=iv["ap_lo"], ap_hi=iv["ap_hi"])
@@ -96,7 +98,7 @@ def score_ranked(own, every, truth, names, diameter, n_boot, preds=None, targets
     ranked = score(every, truth, names, diameter, n_boot=n_boot)
     row = score(own, truth, names, diameter, preds, targets, n_boot=n_boot)
     row.update({k: ranked[k] for k in ("ap", "ap_lo", "ap_hi")})
-    row["f1_best"] = max(ranked["f1_best"], row["f1"])      # the curve's thresholds are quantiles: may miss its own
+    row["f1_best"] = max(ranked["f1_best"], row["f1"])      # a network's own picks are not a cut of its candidates
     row["_tables"] = (own, every)                           # for `add_gaps`; dropped before printing
     return row
 
@@ -253,8 +255,8 @@ def add_gaps(rows: list[dict], truth, names, diameter, n_boot) -> list[dict]:
         own, every = r.pop("_tables")
         if ref is None or r["method"] == TRUE_VIEW:
             continue
-        g_own = picking_gap(ref[0], own, truth, diameter, n_boot=n_boot, micrographs=names)
-        g_every = picking_gap(ref[1], every, truth, diameter, n_boot=n_boot, micrographs=names)
+        g_own = picking_gap(ref[0], own, truth, diameter, n_boot=n_boot, micrographs=names, n_thresholds=N_THRESHOLDS)
+        g_every = picking_gap(ref[1], every, truth, diameter, n_boot=n_boot, micrographs=names, n_thresholds=N_THRESHOLDS)
         for key, g, k in (("gap_f1", g_own, "f1"), ("gap_f1_best", g_every, "f1_best"), ("gap_ap", g_every, "ap")):
             r.update({key: g[k], f"{key}_lo": g[f"{k}_lo"], f"{key}_hi": g[f"{k}_hi"]})
     return rows
@@ -385,7 +387,7 @@ def main():
                       "variance), `dprime`: the true-view matched filter's detectability sqrt(Σ signal²/σ²), `dose_eq`: the "
                       "dose in e⁻/Å² whose shot noise gives that SNR with the phase derived from the potential (means over "
                       "the test micrographs; `cryoseg.simulate.snr_report`). F1 at each picker's own threshold (the ideal "
-                      "observer's: the log prior odds; the networks': P > 0.5), `f1_best` and AP along the PR curve of every "
+                      "observer's: the log prior odds; the networks': P > 0.5), `f1_best` and AP along the PR curve (at every distinct score) of every "
                       f"candidate it ranks (the ideal observer: every local maximum; the networks: picks at P > "
                       f"{a.rank_threshold:g}){'; networks on phase-flipped micrographs' if a.phase_flip else ''}; [95 % "
                       "bootstrap interval over the "
