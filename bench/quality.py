@@ -267,7 +267,9 @@ def with_intervals(df: pd.DataFrame) -> pd.DataFrame:
     df = df.copy()
     for k in ("f1", "ap", *GAPS):
         if {k, f"{k}_lo", f"{k}_hi"} <= set(df.columns):
-            df[k] = [f"{v:.3f} [{lo:.2f}, {hi:.2f}]" if v == v else "–" for v, lo, hi in zip(df[k], df[f"{k}_lo"], df[f"{k}_hi"])]
+            w = 3 if k in GAPS else 2                   # a gap's interval is narrow: its third decimal tells
+            df[k] = [f"{v:.3f} [{lo:.{w}f}, {hi:.{w}f}]" if v == v else "–"
+                     for v, lo, hi in zip(df[k], df[f"{k}_lo"], df[f"{k}_hi"])]
             df = df.drop(columns=[f"{k}_lo", f"{k}_hi"])
     return df
 
