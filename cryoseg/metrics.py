@@ -674,6 +674,16 @@ def _count_scores(c: np.ndarray) -> tuple:
     return f1[..., 0], f1.max(-1), np.asarray(ap).reshape(c.shape[:-2])
 
 
+def _resampled_scores(counts: np.ndarray, idx: np.ndarray, block: int = 64) -> tuple:
+    """`_count_scores` of `counts` (n, T, 4) summed over each resample (row) of `idx`, a block of resamples at a time:
+    as weights (how often each micrograph is drawn), so that memory grows with T, not with n × T."""
+    out = []
+    for s in range(0, len(idx), block):
+        w = np.stack([np.bincount(r, minlength=len(counts)) for r in idx[s:s + block]]).astype(np.float64)
+        out.append(_count_scores(np.tensordot(w, counts, axes=(1, 0))))
+    return tuple(np.concatenate(v) for v in zip(*out))
+
+
 def _percentiles(v: np.ndarray, level: float) -> tuple[float, float]:
     lo, hi = np.percentile(v, [50 * (1 - level), 50 * (1 + level)])
     return float(lo), float(hi)
@@ -694,7 +704,7 @@ def picking_intervals(picks, truth, diameter_px: float, n_boot: int = 1000, leve
     names, counts = _boot_counts(picks, truth, diameter_px, thresholds, n_thresholds, frac, rule, min_iou, box_px,
                                  micrographs, missing, "picking_intervals")
     idx = _resamples(len(names), n_boot, level, seed, "picking_intervals")
-    (f1, _, ap), (f1_b, _, ap_b) = _count_scores(counts.sum(0)), _count_scores(counts[idx].sum(1))
+    (f1, _, ap), (f1_b, _, ap_b) = _count_scores(counts.sum(0)), _resampled_scores(counts, idx)
     (f1_lo, f1_hi), (ap_lo, ap_hi) = _percentiles(f1_b, level), _percentiles(ap_b, level)
     return dict(f1=float(f1), f1_lo=f1_lo, f1_hi=f1_hi, ap=float(ap), ap_lo=ap_lo, ap_hi=ap_hi,
                 n_micrographs=len(names), n_boot=int(n_boot), level=float(level))
@@ -716,7 +726,7 @@ def picking_gap(picks, other, truth, diameter_px: float, n_boot: int = 1000, lev
                          f"{len(names_b)}); name them all in micrographs=[...]")
     idx = _resamples(len(names), n_boot, level, seed, "picking_gap")
     full = np.subtract(_count_scores(ca.sum(0)), _count_scores(cb.sum(0)))
-    boot = np.subtract(_count_scores(ca[idx].sum(1)), _count_scores(cb[idx].sum(1)))
+    boot = np.subtract(_resampled_scores(ca, idx), _resampled_scores(cb, idx))
     out = {}
     for k, key in enumerate(("f1", "f1_best", "ap")):
         lo, hi = _percentiles(boot[k], level)
